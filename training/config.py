@@ -1,0 +1,56 @@
+"""``TrainConfig``: every knob of the training loop in one typed place.
+
+The CLI (``training.train``) fills it from argparse, recipes start from their own defaults, and
+the checkpoint stores it (``meta["train_config"]``) so a run can be repeated.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+OptimizerName = Literal["adamw", "adam", "sgd"]
+SchedulerName = Literal["warmup-cosine", "cosine", "onecycle", "exponential", "plateau", "none"]
+
+OPTIMIZERS: tuple[str, ...] = ("adamw", "adam", "sgd")
+SCHEDULERS: tuple[str, ...] = ("warmup-cosine", "cosine", "onecycle", "exponential", "plateau", "none")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    optimizer: OptimizerName = "adamw"
+    momentum: float = 0.9  # SGD only
+    scheduler: SchedulerName = "warmup-cosine"
+    warmup_frac: float = 0.05  # share of all optimizer steps spent warming up
+    gamma: float = 0.9  # exponential decay per epoch; plateau reduction factor
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    patience: int | None = 5  # early stopping on val loss; None = off
+    seed: int = 0
+    bf16: bool = False  # bf16 autocast on CPU (CUDA always uses fp16 autocast + GradScaler)
+    max_steps: int | None = None  # stop after this many optimizer steps (quick runs)
+    threads: int | None = None  # torch intra-op threads; None = torch default
+    extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific (beta, latent_dim, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, **overrides: Any) -> TrainConfig:
+        """A copy with the non-None overrides applied (CLI flags left unset keep the recipe's value)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a generator for data shuffling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)

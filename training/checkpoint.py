@@ -77,7 +77,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
     """Write atomically (temp file + rename), so a crash never leaves a half-written checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch_version": torch.__version__, "created": datetime.now(UTC).isoformat(), **ckpt.meta}
+    meta = {"torch_version": str(torch.__version__), "created": datetime.now(UTC).isoformat(), **ckpt.meta}
     payload = {
         "model_name": ckpt.model_name,
         "config": dict(ckpt.config),

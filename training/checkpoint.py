@@ -103,9 +103,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        reason = f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({reason})") from exc
     if not isinstance(payload, dict) or any(k not in payload for k in _KEYS):
-        raise CheckpointError(f"{path} is not a deepserve checkpoint: expected a dict with keys {list(_KEYS)}")
+        expected = list(_KEYS)
+        raise CheckpointError(f"{path} is not a deepserve checkpoint: expected a dict with keys {expected}")
     return Checkpoint(
         model_name=str(payload["model_name"]),
         config=dict(payload["config"]),

@@ -69,8 +69,14 @@ def train_loader(
 ) -> DataLoader:
     """Shuffled loader; under DDP each rank sees its own shard (call ``set_epoch`` on the sampler)."""
     if ctx.enabled:
-        sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
-                                     shuffle=True, seed=int(generator.initial_seed()), drop_last=drop_last)
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            shuffle=True,
+            seed=int(generator.initial_seed()),
+            drop_last=drop_last,
+        )
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last)
 

@@ -64,8 +64,10 @@ class Schedule:
         elif cfg.scheduler == "none":
             self.sched = None
         else:
-            raise ConfigError(f"unknown scheduler {cfg.scheduler!r}; choose one of warmup-cosine, cosine, "
-                              "onecycle, exponential, plateau, none")
+            raise ConfigError(
+                f"unknown scheduler {cfg.scheduler!r}; choose one of warmup-cosine, cosine, "
+                "onecycle, exponential, plateau, none"
+            )
         self.optimizer = optimizer
 
     def after_step(self) -> None:

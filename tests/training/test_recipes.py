@@ -1,0 +1,90 @@
+"""Every recipe trains in quick mode; its checkpoint rebuilds a model that reproduces the recorded metrics."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from pydantic import TypeAdapter
+
+from export.schema import GenerationDefaults, Preprocessing
+from training.checkpoint import Checkpoint, load_checkpoint
+from training.recipes import RECIPES, make_job, run_recipe
+
+TASKS = {
+    "digits-cnn": "classification",
+    "digits-vit": "classification",
+    "tabular-mlp": "classification",
+    "regression-mlp": "regression",
+    "docs-gpt": "text-generation",
+    "docs-classifier": "classification",
+    "digits-vae": "embedding",
+    "digits-dcgan": "image-generation",
+}
+
+
+def test_every_recipe_is_listed() -> None:
+    assert set(RECIPES) == set(TASKS)
+
+
+def recompute(name: str, ckpt: Checkpoint, out_dir: Path) -> dict[str, Any]:
+    """Score the rebuilt model the way the trainer scored the trained one."""
+    from training.generative import gan_metrics, vae_metrics
+    from training.language import lm_loss
+    from training.loop import evaluate_loss
+    from training.supervised import evaluate
+
+    job = make_job(name, out_dir, quick=True)
+    model = ckpt.build()
+    if RECIPES[name].trainer == "supervised":
+        return evaluate(model, job, job.data.test, torch.device("cpu"))
+    if RECIPES[name].trainer == "language":
+        val = torch.utils.data.DataLoader(job.data.val, batch_size=64)
+        return {"loss": evaluate_loss(model, val, lm_loss, torch.device("cpu"))}
+    if RECIPES[name].trainer == "vae":
+        return vae_metrics(model, job)
+    return gan_metrics(model, job, ckpt.config["latent_dim"], job.cfg.seed)
+
+
+def check_meta(meta: dict[str, Any]) -> None:
+    prep = {k: v for k, v in meta["preprocessing"].items() if k not in ("target_mean", "target_std")}
+    TypeAdapter(Preprocessing).validate_python(prep)  # the dict export copies into model.json
+    if "generation" in meta:
+        GenerationDefaults.model_validate(meta["generation"])
+    assert meta["data_fingerprint"].startswith("sha256:")
+    assert meta["train_config"]["seed"] == 0
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_recipe_quick_checkpoint_round_trips(name: str, tmp_path: Path) -> None:
+    path = run_recipe(name, tmp_path / name, quick=True)
+    assert path == tmp_path / name / "checkpoint.pt"
+    assert (tmp_path / name / "curves.png").stat().st_size > 0
+    report = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert report["history"] and report["task"] == TASKS[name]
+    ckpt = load_checkpoint(path)
+    assert ckpt.task == TASKS[name] and ckpt.meta["recipe"] == name
+    check_meta(ckpt.meta)
+    again = recompute(name, ckpt, tmp_path / "again")
+    for key, value in again.items():
+        if isinstance(value, float):
+            assert value == pytest.approx(ckpt.meta["metrics"][key], rel=1e-4, abs=1e-6), key
+        else:
+            assert value == ckpt.meta["metrics"][key], key
+
+
+def test_recipe_meta_carries_what_export_needs(tmp_path: Path) -> None:
+    gpt = load_checkpoint(run_recipe("docs-gpt", tmp_path / "gpt", quick=True))
+    gen = gpt.meta["generation"]
+    assert gen["context_length"] == gpt.config["context_length"]
+    assert gen["n_layer"] == gpt.config["n_layer"]
+    assert gen["n_head"] * gen["head_dim"] == gpt.config["d_model"]
+    report = json.loads((tmp_path / "gpt" / "metrics.json").read_text())
+    assert report["sample"].startswith("The for statement") and len(report["sample"]) > 20
+    assert report["test"]["unigram_baseline_loss"] > 0
+    vae = load_checkpoint(run_recipe("digits-vae", tmp_path / "vae", quick=True))
+    assert vae.meta["decoder_preprocessing"] == {"kind": "latent", "latent_dim": vae.config["latent_dim"]}
+    assert vae.meta["generation"]["image_height"] == 8
+    reg = load_checkpoint(run_recipe("regression-mlp", tmp_path / "reg", quick=True))
+    assert len(reg.meta["preprocessing"]["target_mean"]) == len(reg.meta["preprocessing"]["targets"]) == 1

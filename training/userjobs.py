@@ -1,0 +1,69 @@
+"""Jobs for the user's own data: CSV -> MLP, image folder -> small ResNet, text file -> byte GPT."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from training.config import TrainConfig
+from training.job import Job
+from training.optim import ConfigError
+from training.recipes import QUICK, _gpt, _mlp, _resnet
+from training.userdata import load_csv, load_image_folder, load_text
+
+USER_SOURCES = ("csv", "images", "text")
+
+# (trainer, model, default config, quick config, default training settings)
+_PLANS: dict[str, tuple[str, str, Any, Any, TrainConfig]] = {
+    "csv": (
+        "supervised",
+        "mlp",
+        _mlp([64, 32], 0.1),
+        _mlp([8], 0.0),
+        TrainConfig(epochs=100, batch_size=32, lr=1e-3, patience=15),
+    ),
+    "images": (
+        "supervised",
+        "resnet",
+        _resnet(16, [16, 32, 64]),
+        _resnet(8, [8, 16]),
+        TrainConfig(epochs=30, batch_size=32, lr=2e-3, patience=6),
+    ),
+    "text": ("language", "gpt", None, None, TrainConfig(epochs=5, batch_size=32, lr=3e-3, patience=3)),
+}
+
+
+def _load(args: argparse.Namespace) -> Any:
+    if args.what == "csv":
+        if not args.label:
+            raise ConfigError("`deepserve train csv PATH` needs --label COLUMN (the column to predict)")
+        return load_csv(args.path, args.label, args.task)
+    if args.what == "images":
+        if args.image_size < 4:
+            raise ConfigError(f"--image-size must be at least 4, got {args.image_size}")
+        return load_image_folder(args.path, args.image_size)
+    if args.context < 2:
+        raise ConfigError(f"--context must be at least 2, got {args.context}")
+    return load_text(args.path, args.context)
+
+
+def make_user_job(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Job, str]:
+    data = _load(args)
+    trainer, model, config, quick_config, train = _PLANS[args.what]
+    if args.what == "text":
+        config = _gpt(args.context, 4, 4, 128)
+        quick_config = _gpt(args.context, 1, 2, 32)
+    cfg = (QUICK if args.quick else train).with_overrides(**overrides)
+    out = args.out or Path("runs") / f"{args.what}-{Path(args.path).stem}"
+    job = Job(
+        "custom",
+        model,
+        (quick_config if args.quick else config)(data),
+        data,
+        cfg,
+        out,
+        augment=False,
+        progress=args.progress,
+    )
+    return job, trainer

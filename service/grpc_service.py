@@ -1,0 +1,203 @@
+"""KServe v2 gRPC (``inference.GRPCInferenceService``) on grpc.aio, reusing tritonclient's stubs.
+
+Thin like the HTTP routes: proto -> ``inference.<op>`` -> proto. Errors are mapped once, in
+``_abort``, to the status code each ``DeepserveError`` carries. ``ModelStreamInfer`` streams one
+response per generated chunk for text-generation models (``triton_final_response`` marks the
+last) and answers other models once; stream errors go in ``error_message`` and the stream
+stays open.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from service import grpc_codec, inference
+from service.errors import (
+    InvalidRequestError,
+    ManagementDisabledError,
+    ShuttingDownError,
+    UnauthorizedError,
+    as_deepserve_error,
+)
+from service.registry import Registry
+from service.settings import Settings
+from service.state import ServerState
+from service.v2_codec import InferResult
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE = 2**31 - 1
+Context = Any  # grpc.aio.ServicerContext (grpcio ships no type stubs)
+
+
+async def _abort(context: Context, exc: BaseException) -> NoReturn:
+    error = as_deepserve_error(exc)
+    await context.abort(error.grpc_code, error.message)
+    raise AssertionError("unreachable: abort raises")
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, registry: Registry, settings: Settings, state: ServerState) -> None:
+        self.registry, self.settings, self.state = registry, settings, state
+        self._auth = f"Bearer {settings.auth_token}" if settings.auth_token else None
+
+    def _check(self, context: Context) -> None:
+        """Refusals shared by every inference call: draining, bearer token."""
+        if self.state.draining:
+            raise ShuttingDownError("server is shutting down; retry on another replica")
+        if self._auth is not None:
+            given = dict(context.invocation_metadata() or ()).get("authorization", "")
+            if not hmac.compare_digest(str(given), self._auth):
+                raise UnauthorizedError("missing or wrong bearer token in the 'authorization' metadata")
+
+    # -- health and metadata -------------------------------------------------------------------
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.registry.ready and not self.state.draining)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        try:
+            return pb.ModelReadyResponse(
+                ready=inference.model_ready(self.registry, request.name, request.version)
+            )
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def ServerMetadata(self, request: Any, context: Context) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**inference.server_metadata())
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        try:
+            return grpc_codec.metadata(inference.model_metadata(self.registry, request.name, request.version))
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
+        try:
+            config = inference.model_config(self.registry, request.name, request.version)
+            return pb.ModelConfigResponse(config=grpc_codec.model_config(config))
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Context) -> Any:
+        try:
+            stats = inference.statistics(self.registry, request.name or None, request.version or None)
+            return grpc_codec.statistics(stats)
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> Any:
+        rows = inference.repository_index(self.registry, request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**r) for r in rows])
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Context) -> Any:
+        try:
+            self._check_management(context)
+            await inference.load_model(self.registry, request.model_name)
+            return pb.RepositoryModelLoadResponse()
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: Context) -> Any:
+        try:
+            self._check_management(context)
+            await inference.unload_model(self.registry, request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+        except Exception as exc:
+            await _abort(context, exc)
+
+    def _check_management(self, context: Context) -> None:
+        if not self.settings.enable_management:
+            raise ManagementDisabledError("model load/unload is disabled (DEEPSERVE_ENABLE_MANAGEMENT)")
+        given = dict(context.invocation_metadata() or ()).get("authorization", "")
+        if not hmac.compare_digest(str(given), f"Bearer {self.settings.management_token}"):
+            raise UnauthorizedError("load/unload needs 'authorization: Bearer <management token>' metadata")
+
+    # -- inference -----------------------------------------------------------------------------
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        self.state.enter()
+        try:
+            with inference.RequestTracker(self.registry, request.model_name, "v2-grpc"):
+                self._check(context)
+                decoded = grpc_codec.decode_request(request)
+                result = await inference.infer(
+                    self.registry, request.model_name, request.model_version, decoded
+                )
+            return grpc_codec.encode_response(result)
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            self.state.leave()
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for request in request_iterator:
+            self.state.enter()
+            try:
+                async for response in self._stream_one(request, context):
+                    yield response
+            except Exception as exc:
+                error = as_deepserve_error(exc)
+                yield pb.ModelStreamInferResponse(error_message=error.message)
+            finally:
+                self.state.leave()
+
+    async def _stream_one(self, request: pb.ModelInferRequest, context: Context) -> AsyncIterator[Any]:
+        name = request.model_name
+        with inference.RequestTracker(self.registry, name, "v2-grpc"):
+            self._check(context)
+            decoded = grpc_codec.decode_request(request)
+            entry = self.registry.get(name, request.model_version)
+            if entry.engine is None:
+                result = await inference.infer(self.registry, name, request.model_version, decoded)
+                yield pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_response(result))
+                return
+            async for response in self._generate(decoded, name, str(entry.version)):
+                yield response
+
+    async def _generate(self, decoded: Any, name: str, version: str) -> AsyncIterator[Any]:
+        from service.engine import SamplingParams
+
+        texts = decoded.tensors.get("text_input")
+        if texts is None or texts.size != 1:
+            raise InvalidRequestError("send exactly one prompt in the BYTES input 'text_input'")
+        raw = texts.reshape(-1)[0]
+        prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        keys = {"max_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int}
+        params = SamplingParams(
+            **{k: cast(decoded.parameters[k]) for k, cast in keys.items() if k in decoded.parameters}
+        )
+        async for chunk in inference.generate(self.registry, name, prompt, params):
+            final = chunk.finish_reason is not None
+            output = np.array([chunk.text.encode()], dtype=object)
+            result = InferResult(name, version, {"text_output": output}, decoded.id)
+            extra: dict[str, Any] = {"triton_final_response": final}
+            if final:
+                extra["finish_reason"] = chunk.finish_reason
+            yield pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_response(result, extra))
+
+
+def create_grpc_server(registry: Registry, settings: Settings, state: ServerState) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(registry, settings, state), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    if port == 0:
+        raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
+    return server

@@ -1,0 +1,155 @@
+"""Every Prometheus metric of the server, declared once against an injected registry.
+
+Names follow Prometheus conventions: ``deepserve_`` prefix, base units (seconds, bytes,
+ratio), ``_total`` on counters. GPU gauges are filled from NVML at scrape time, only when
+``pynvml`` imports and a GPU is present.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger(__name__)
+
+# Latency buckets from 0.5 ms (tiny MLP) to 30 s (the default deadline).
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.requests = Counter(
+            "deepserve_requests", "Requests answered, by model, protocol and HTTP-style status code",
+            ["model", "protocol", "code"], registry=r,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "deepserve_request_duration_seconds", "End-to-end request latency inside the server",
+            ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_duration = Histogram(
+            "deepserve_queue_duration_seconds", "Time a request waited in the model queue",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.compute_duration = Histogram(
+            "deepserve_compute_duration_seconds", "Time one executed batch spent in the model",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "deepserve_batch_size", "Rows per executed batch", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge(
+            "deepserve_queue_depth", "Requests waiting in the model queue", ["model"], registry=r
+        )
+        self.inflight = Gauge(
+            "deepserve_inflight_requests",
+            "Requests inside the server (queued or computing)",
+            ["model"],
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            "deepserve_model_ready",
+            "1 when the model version serves, else 0",
+            ["model", "version"],
+            registry=r,
+        )
+        self.model_load_seconds = Gauge(
+            "deepserve_model_load_seconds",
+            "Time the model version took to load",
+            ["model", "version"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "deepserve_prompt_tokens", "Prompt tokens processed", ["model"], registry=r
+        )
+        self.generated_tokens = Counter(
+            "deepserve_generated_tokens", "Tokens generated", ["model"], registry=r
+        )
+        self.time_to_first_token = Histogram(
+            "deepserve_time_to_first_token_seconds", "Time from request to its first generated token",
+            ["model"], buckets=TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inter_token_latency = Histogram(
+            "deepserve_inter_token_latency_seconds", "Time between consecutive generated tokens",
+            ["model"], buckets=TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.running_sequences = Gauge(
+            "deepserve_running_sequences", "Sequences being decoded", ["model"], registry=r
+        )
+        self.waiting_sequences = Gauge(
+            "deepserve_waiting_sequences", "Sequences waiting to join the decode batch", ["model"], registry=r
+        )
+        self.kv_cache_bytes = Gauge(
+            "deepserve_kv_cache_bytes", "KV-cache memory in use", ["model"], registry=r
+        )
+        self.gpu_utilization = Gauge(
+            "deepserve_gpu_utilization_ratio", "GPU utilisation (0-1)", ["gpu"], registry=r
+        )
+        self.gpu_memory_used = Gauge(
+            "deepserve_gpu_memory_used_bytes", "GPU memory in use", ["gpu"], registry=r
+        )
+        self.gpu_memory_total = Gauge(
+            "deepserve_gpu_memory_total_bytes", "GPU memory in total", ["gpu"], registry=r
+        )
+        self._nvml: Any = _open_nvml()
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._inflight_children: dict[str, Any] = {}
+
+    def inflight_child(self, model: str) -> Any:
+        found = self._inflight_children.get(model)
+        if found is None:
+            found = self._inflight_children[model] = self.inflight.labels(model)
+        return found
+
+    def request_children(self, model: str, protocol: str, code: str) -> tuple[Any, Any]:
+        """(requests counter, duration histogram) children, cached: ``labels()`` locks and
+        builds a key on every call, which shows on the hot path. Label values are bounded
+        (served models x protocols x status codes)."""
+        key = (model, protocol, code)
+        found = self._request_children.get(key)
+        if found is None:
+            found = (
+                self.requests.labels(model, protocol, code),
+                self.request_duration.labels(model, protocol),
+            )
+            self._request_children[key] = found
+        return found
+
+    def refresh_gpu(self) -> None:
+        """Read NVML once (called at scrape time, so an idle server polls nothing)."""
+        nvml = self._nvml
+        if nvml is None:
+            return
+        try:
+            for index in range(nvml.nvmlDeviceGetCount()):
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                util = nvml.nvmlDeviceGetUtilizationRates(handle)
+                mem = nvml.nvmlDeviceGetMemoryInfo(handle)
+                self.gpu_utilization.labels(str(index)).set(util.gpu / 100.0)
+                self.gpu_memory_used.labels(str(index)).set(mem.used)
+                self.gpu_memory_total.labels(str(index)).set(mem.total)
+        except Exception as exc:  # NVML errors must never fail a scrape
+            log.warning("NVML read failed, GPU metrics stale: %s", exc)
+
+    def render(self) -> bytes:
+        self.refresh_gpu()
+        return generate_latest(self.registry)
+
+
+def _open_nvml() -> Any:
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        if pynvml.nvmlDeviceGetCount() == 0:
+            return None
+    except Exception:  # no driver / no GPU: GPU metrics are simply absent
+        return None
+    return pynvml

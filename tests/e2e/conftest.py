@@ -1,0 +1,181 @@
+"""One `python -m service` per session on free loopback ports, against a model store.
+
+The store is the export engineer's ``quick_store`` fixture when it exists (the real default
+models, quick-trained); otherwise a tiny store made here from tests/handlers/tiny.py
+(a tabular classifier and a wordpiece text embedder) so the transports are still proven.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Server:
+    http: str  # host:port
+    grpc: str
+    store: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.http}"
+
+    def models(self, task: str | None = None) -> list[dict[str, object]]:
+        specs = [json.loads(p.read_text()) for p in sorted(self.store.glob("*/*/model.json"))]
+        return [s for s in specs if task is None or s["task"] == task]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tiny_store(root: Path) -> Path:
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    from export.schema import TabularPreprocessing, TensorSpec, TextPreprocessing
+    from tests.handlers.tiny import BagOfTokens, RowNet, write_version
+
+    def spec(name: str, datatype: str, shape: list[int]) -> TensorSpec:
+        return TensorSpec(name=name, datatype=datatype, shape=shape)  # type: ignore[arg-type]
+
+    torch.manual_seed(0)
+    write_version(
+        root, "tab-cls", RowNet(3, 2), (torch.randn(2, 3),), task="classification",
+        inputs=[spec("features", "FP32", [-1, 3])], outputs=[spec("logits", "FP32", [-1, 2])],
+        files=[("onnx", "fp32", True)], labels=["benign", "malignant"],
+        preprocessing=TabularPreprocessing(features=["a", "b", "c"], mean=[0.0] * 3, std=[1.0] * 3),
+    )  # fmt: skip
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", "serve", "##s", "model", "fast", "a"]
+    vdir = write_version(
+        root, "text-emb", BagOfTokens(len(vocab), 6),
+        (torch.randint(1, len(vocab), (2, 5)), torch.ones(2, 5, dtype=torch.int64)), task="embedding",
+        inputs=[spec("input_ids", "INT64", [-1, -1]), spec("attention_mask", "INT64", [-1, -1])],
+        outputs=[spec("sentence_embedding", "FP32", [-1, 6])], files=[("onnx", "fp32", True)],
+        preprocessing=TextPreprocessing(tokenizer="wordpiece", tokenizer_file="tokenizer.json", max_length=8,
+                                        vocab_size=len(vocab)),
+    )  # fmt: skip
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.save(str(vdir / "tokenizer.json"))
+    _tiny_gpt(root)
+    return root
+
+
+def _tiny_gpt(root: Path, ctx: int = 32, layers: int = 2, heads: int = 2, head_dim: int = 8) -> None:
+    """An untrained byte GPT with the explicit-KV-cache graph of TEAM.md, exported as export/ does."""
+    import torch
+
+    from export.onnx_graph import write_onnx
+    from export.schema import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
+    from models import build_model
+    from models.gpt import GPTWithCache
+
+    cache = [layers, -1, heads, -1, head_dim]
+    ids_spec = [
+        TensorSpec(name=n, datatype="INT64", shape=[-1, -1])
+        for n in ("input_ids", "position_ids", "attention_mask")
+    ]
+    past_names, present_names = ("past_key", "past_value"), ("present_key", "present_value")
+    spec = ModelSpec(
+        name="tiny-gpt", version=1, task="text-generation", architecture="gpt",
+        inputs=[*ids_spec, *(TensorSpec(name=n, datatype="FP32", shape=cache) for n in past_names)],
+        outputs=[TensorSpec(name="logits", datatype="FP32", shape=[-1, -1, 256]),
+                 *(TensorSpec(name=n, datatype="FP32", shape=cache) for n in present_names)],
+        max_batch_size=16,
+        preprocessing=TextPreprocessing(tokenizer="bytes", max_length=ctx, vocab_size=256),
+        generation=GenerationDefaults(context_length=ctx, n_layer=layers, n_head=heads, head_dim=head_dim),
+        variants=[Variant(file="model.onnx", format="onnx", precision="fp32", usable=True)],
+        created="2026-01-01T00:00:00Z", torch_version=torch.__version__,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    gpt = build_model(
+        "gpt", vocab_size=256, context_length=ctx, n_layer=layers, n_head=heads, d_model=heads * head_dim
+    )
+    dim = torch.export.Dim
+    b, t, p, s = (
+        dim("batch", max=64),
+        dim("sequence", max=ctx),
+        dim("past", min=0, max=ctx),
+        dim("total", max=2 * ctx),
+    )
+    dims = {"input_ids": {0: b, 1: t}, "position_ids": {0: b, 1: t}, "attention_mask": {0: b, 1: s},
+            "past_key": {1: b, 3: p}, "past_value": {1: b, 3: p}}  # fmt: skip
+    past = torch.randn(layers, 2, heads, 2, head_dim)
+    ids, mask = torch.randint(1, 256, (2, 3)), torch.ones(2, 5, dtype=torch.int64)
+    example = (ids, torch.arange(3).repeat(2, 1), mask, past, past.clone())
+    version = root / "tiny-gpt" / "1"
+    version.mkdir(parents=True)
+    names = {"input_names": [i.name for i in spec.inputs], "output_names": [o.name for o in spec.outputs]}
+    write_onnx(GPTWithCache(gpt.eval()), example, version / "model.onnx", dynamic_shapes=dims, **names)
+    spec.write(version)
+
+
+@pytest.fixture(scope="session")
+def e2e_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    try:
+        store: Path = request.getfixturevalue("quick_store")
+        return store
+    except pytest.FixtureLookupError:
+        return _tiny_store(tmp_path_factory.mktemp("e2e-store"))
+
+
+def start_server(store: Path, log: Path, **env: str) -> Server:
+    http_port, grpc_port = free_port(), free_port()
+    environ = {**os.environ, "DEEPSERVE_DRAIN_TIMEOUT_S": "10", **env}
+    cmd = [sys.executable, "-m", "service", "--store", str(store), "--host", "127.0.0.1", "--log-level",
+           "warning", "--http-port", str(http_port), "--grpc-port", str(grpc_port)]  # fmt: skip
+    with log.open("wb") as sink:
+        process = subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=sink, stderr=subprocess.STDOUT)
+    server = Server(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", store, process, log)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{server.base_url}/v2/health/ready", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"server not ready in 90 s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(server: Server) -> int:
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        return server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        return -9
+
+
+@pytest.fixture(scope="session")
+def server(e2e_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(e2e_store, tmp_path_factory.mktemp("e2e-log") / "server.log")
+    yield running
+    code = stop_server(running)
+    assert code == 0, f"server exited {code} on SIGTERM:\n{running.log.read_text()[-3000:]}"

@@ -209,6 +209,8 @@ class Registry:
             entry.engine = await self._start_engine(entry, handler)
         entry.state, entry.reason = "ready", ""
         self.metrics.model_ready.labels(entry.name, str(entry.version)).set(1)
+        # expose the autoscaler's input at 0 before the first request, so the HPA has a value
+        self.metrics.inflight_child(entry.name)
 
     async def _start_engine(self, entry: ModelEntry, handler: Handler) -> Any:
         try:

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +19,21 @@ import torch
 from torch import nn
 
 from export.errors import GraphCheckError
+from export.pt2 import torch_export_warnings
 
 # fp16 transformer graphs segfault in this optimiser at session creation (onnxruntime#28392).
 FP16_DISABLED_OPTIMIZERS = ["NchwcTransformer"]
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Any:
+def _quiet_exporter() -> Iterator[None]:
     """The dynamo exporter prints progress and logs a torchvision notice; keep the CLI readable."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), torch_export_warnings(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"onnxscript.*")
             yield

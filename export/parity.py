@@ -9,8 +9,7 @@ the export); lower precisions that miss are recorded as unusable, never served s
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -29,8 +28,7 @@ THRESHOLDS: dict[str, dict[str, float]] = {
 }
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     ok: bool
     reason: str | None
 
@@ -55,9 +53,8 @@ def compare(ref: np.ndarray, out: np.ndarray, *, classifier: bool) -> dict[str, 
     return result
 
 
-def judge(precision: str, checks: list[dict[str, Any]]) -> Verdict:
-    """The first metric over (or under) its threshold, named with its value; None if all pass."""
-    limits = THRESHOLDS[precision]
+def judge(limits: dict[str, float], checks: list[dict[str, Any]]) -> Verdict:
+    """The first metric over (or under) its threshold, named with its value."""
     for check in checks:
         where = f"batch {check['batch_size']}, output {check['output']!r}"
         if "rel" in limits and check["rel"] > limits["rel"]:

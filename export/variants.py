@@ -23,11 +23,15 @@ class VariantResult:
     not_run: str | None = None  # why parity could not be measured here
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the GPT greedy-generation check
+    thresholds: dict[str, float] | None = None  # None: the defaults for the precision
+
+    def limits(self) -> dict[str, float]:
+        return self.thresholds if self.thresholds is not None else THRESHOLDS[self.precision]
 
     def verdict(self) -> tuple[bool, str | None]:
         if self.not_run is not None:
             return False, f"parity not measured: {self.not_run}"
-        ok, reason = judge(self.precision, self.checks)
+        ok, reason = judge(self.limits(), self.checks)
         gen = self.extra.get("greedy_generation")
         if ok and gen is not None and not gen["identical"]:
             ok, reason = False, f"greedy generation diverged from eager at token {gen['first_mismatch']}"
@@ -49,7 +53,7 @@ class VariantResult:
             "format": self.format,
             "precision": self.precision,
             "runtime": RUNTIMES[self.format],
-            "thresholds": THRESHOLDS[self.precision],
+            "thresholds": self.limits(),
             "passed": ok,
             "reason": reason,
             "checks_ran": self.not_run is None,

@@ -10,17 +10,10 @@ import pytest
 from tests.deploy.manifests import K8S, OVERLAYS, Doc, load_docs, render
 from tests.deploy.tooling import REPO, require_tool
 
-try:  # the server engineer's session fixtures: a live `python -m service` on loopback ports
-    from tests.e2e.conftest import Server, e2e_store, server  # noqa: F401
-except ImportError:  # not written yet: the e2e Prometheus test skips, the rest runs
-    Server = None  # type: ignore[assignment,misc]
-
 
 @pytest.fixture(scope="session")
 def live_server(request: pytest.FixtureRequest) -> SimpleNamespace:
-    """The live server as `.http_url` / `.grpc_url` (tests/e2e's `server` fixture)."""
-    if Server is None:
-        pytest.skip("tests/e2e/conftest.py has no `server` fixture yet (server e2e harness)")
+    """The shared live server (tests/conftest.py `server`) as `.http_url` / `.grpc_url`."""
     running = request.getfixturevalue("server")
     return SimpleNamespace(http_url=running.base_url, grpc_url=running.grpc)
 

@@ -99,6 +99,12 @@ def exposed(metrics_text: str) -> dict[str, set[str | None]]:
     out: dict[str, set[str | None]] = {}
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
+            # a histogram child with no observations yet (e.g. the batcher's queue histogram of a
+            # generation model that only streamed) has no rate, so no quantile: not applicable
+            if family.type == "histogram" and not sample.name.endswith("_count"):
+                continue
+            if family.type == "histogram" and sample.value == 0:
+                continue
             name = re.sub(r"_(bucket|sum|count|created)$", "", sample.name)
             out.setdefault(name, set()).add(sample.labels.get("model"))
     return out

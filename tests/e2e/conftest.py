@@ -1,8 +1,10 @@
-"""One `python -m service` per session on free loopback ports, against a model store.
+"""Helpers to run `python -m service` on free loopback ports, against a model store.
 
-The store is the export engineer's ``quick_store`` fixture when it exists (the real default
-models, quick-trained); otherwise a tiny store made here from tests/handlers/tiny.py
-(a tabular classifier and a wordpiece text embedder) so the transports are still proven.
+The session-wide `e2e_store` and `server` fixtures live in tests/conftest.py, so every test
+package (e2e, deploy, bench) shares ONE server.
+
+``_tiny_gpt`` writes an untrained byte GPT store for tests that need a generation model of a
+known size.
 """
 
 from __future__ import annotations
@@ -14,12 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,43 +45,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _tiny_store(root: Path) -> Path:
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    from export.schema import TabularPreprocessing, TensorSpec, TextPreprocessing
-    from tests.handlers.tiny import BagOfTokens, RowNet, write_version
-
-    def spec(name: str, datatype: str, shape: list[int]) -> TensorSpec:
-        return TensorSpec(name=name, datatype=datatype, shape=shape)  # type: ignore[arg-type]
-
-    torch.manual_seed(0)
-    write_version(
-        root, "tab-cls", RowNet(3, 2), (torch.randn(2, 3),), task="classification",
-        inputs=[spec("features", "FP32", [-1, 3])], outputs=[spec("logits", "FP32", [-1, 2])],
-        files=[("onnx", "fp32", True)], labels=["benign", "malignant"],
-        preprocessing=TabularPreprocessing(features=["a", "b", "c"], mean=[0.0] * 3, std=[1.0] * 3),
-    )  # fmt: skip
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", "serve", "##s", "model", "fast", "a"]
-    vdir = write_version(
-        root, "text-emb", BagOfTokens(len(vocab), 6),
-        (torch.randint(1, len(vocab), (2, 5)), torch.ones(2, 5, dtype=torch.int64)), task="embedding",
-        inputs=[spec("input_ids", "INT64", [-1, -1]), spec("attention_mask", "INT64", [-1, -1])],
-        outputs=[spec("sentence_embedding", "FP32", [-1, 6])], files=[("onnx", "fp32", True)],
-        preprocessing=TextPreprocessing(tokenizer="wordpiece", tokenizer_file="tokenizer.json", max_length=8,
-                                        vocab_size=len(vocab)),
-    )  # fmt: skip
-    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tok.save(str(vdir / "tokenizer.json"))
-    _tiny_gpt(root)
-    return root
 
 
 def _tiny_gpt(root: Path, ctx: int = 32, layers: int = 2, heads: int = 2, head_dim: int = 8) -> None:
@@ -133,15 +96,6 @@ def _tiny_gpt(root: Path, ctx: int = 32, layers: int = 2, heads: int = 2, head_d
     spec.write(version)
 
 
-@pytest.fixture(scope="session")
-def e2e_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        store: Path = request.getfixturevalue("quick_store")
-        return store
-    except pytest.FixtureLookupError:
-        return _tiny_store(tmp_path_factory.mktemp("e2e-store"))
-
-
 def start_server(store: Path, log: Path, **env: str) -> Server:
     http_port, grpc_port = free_port(), free_port()
     environ = {**os.environ, "DEEPSERVE_DRAIN_TIMEOUT_S": "10", **env}
@@ -171,11 +125,3 @@ def stop_server(server: Server) -> int:
     except subprocess.TimeoutExpired:
         server.process.kill()
         return -9
-
-
-@pytest.fixture(scope="session")
-def server(e2e_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(e2e_store, tmp_path_factory.mktemp("e2e-log") / "server.log")
-    yield running
-    code = stop_server(running)
-    assert code == 0, f"server exited {code} on SIGTERM:\n{running.log.read_text()[-3000:]}"

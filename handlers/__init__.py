@@ -77,7 +77,7 @@ def load_handler(
     cls = getattr(importlib.import_module(module_name), class_name)
     options: dict[str, Any] = {"device": device, "precision": precision, "runtime": runtime}
     options["threads"] = threads
-    if issubclass(cls, GraphHandler):
+    if issubclass(cls, GraphHandler) or spec.task == "text-generation":
         options["spinning"] = spinning
     handler: Handler = cls(spec, version_dir, **options)
     if load:

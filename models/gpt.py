@@ -12,6 +12,7 @@ Two entry points share every weight:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -53,13 +54,37 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         return q.view(heads).transpose(1, 2), k.view(heads).transpose(1, 2), v.view(heads).transpose(1, 2)
 
-    def attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor:
-        B, H, T, Dh = q.shape
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Plain causal attention over the T tokens themselves (training / full recompute)."""
         p = self.dropout if self.training else 0.0
-        # (B, H, T, Dh); without a bias the plain causal mask applies (training path)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, is_causal=bias is None)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, H, T, Dh)
+        return self.merge(y)
+
+    def attend_cached(
+        self,
+        q: torch.Tensor,  # (B, H, T, Dh), new tokens
+        k: torch.Tensor,  # (B, H, T, Dh)
+        v: torch.Tensor,  # (B, H, T, Dh)
+        past: tuple[torch.Tensor, torch.Tensor],  # (B, H, P, Dh) x 2
+        bias: torch.Tensor,  # (B, 1, T, P+T)
+    ) -> torch.Tensor:
+        """Attention over past + new keys with plain matmuls, past and new kept apart.
+
+        Why not SDPA on ``cat(past, new)``: exported, SDPA scales and transposes the whole key
+        cache and the cat copies it, every layer of every decode step; here only ``q`` (T rows)
+        is scaled, ``q @ pastᵀ`` fuses into one matmul (ORT FusedMatMul), and the one copy of
+        the cache left is the ``present`` output itself.
+        """
+        P = past[0].shape[2]
+        q = q * (1.0 / math.sqrt(q.shape[-1]))
+        scores = torch.cat([q @ past[0].transpose(-2, -1), q @ k.transpose(-2, -1)], dim=-1)  # (B, H, T, P+T)
+        att = (scores + bias).softmax(dim=-1)
+        y = att[..., :P] @ past[1] + att[..., P:] @ v  # (B, H, T, Dh)
+        return self.merge(y)
+
+    def merge(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, Dh) heads -> (B, T, C) through the output projection."""
+        B, H, T, Dh = y.shape
         return self.resid_drop(self.c_proj(y.transpose(1, 2).reshape(B, T, H * Dh)))  # (B, T, C)
 
 
@@ -78,14 +103,16 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,  # (B, T, C)
         past: tuple[torch.Tensor, torch.Tensor] | None = None,  # (B, H, P, Dh) x 2
-        bias: torch.Tensor | None = None,  # (B, 1, T, P+T); None = plain causal
+        bias: torch.Tensor | None = None,  # (B, 1, T, P+T); needed with past
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (B, T, C) and this block's NEW keys and values (B, H, T, Dh); the caller appends them."""
         q, k, v = self.attn.qkv(self.ln_1(x))  # (B, H, T, Dh)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # (B, H, P+T, Dh)
-            v = torch.cat([past[1], v], dim=2)
-        x = x + self.attn.attend(q, k, v, bias)
-        return x + self.mlp(self.ln_2(x)), k, v  # (B, T, C), present k, v
+        if past is None:
+            x = x + self.attn.attend(q, k, v)  # training / full recompute: plain causal
+        else:
+            torch._assert(bias is not None, "a cached step needs the attention bias")
+            x = x + self.attn.attend_cached(q, k, v, past, bias)  # type: ignore[arg-type]
+        return x + self.mlp(self.ln_2(x)), k, v
 
 
 def cache_bias(attention_mask: torch.Tensor, past_len: int, T: int, dtype: torch.dtype) -> torch.Tensor:
@@ -143,11 +170,14 @@ class GPT(nn.Module):
         bias = cache_bias(attention_mask, P, T, x.dtype)  # (B, 1, T, P+T)
         keys, values = [], []
         for i, block in enumerate(self.h):
-            x, k, v = block(x, (past_key[i], past_value[i]), bias)  # k, v: (B, H, P+T, Dh)
+            x, k, v = block(x, (past_key[i], past_value[i]), bias)  # k, v: (B, H, T, Dh), new only
             keys.append(k)
             values.append(v)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
-        return logits, torch.stack(keys), torch.stack(values)  # (L, B, H, P+T, Dh) x 2
+        # one copy of the cache per step: past and all layers' new columns, joined once
+        present_key = torch.cat([past_key, torch.stack(keys)], dim=3)  # (L, B, H, P+T, Dh)
+        present_value = torch.cat([past_value, torch.stack(values)], dim=3)
+        return logits, present_key, present_value
 
     def empty_cache(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A zero-length past (P = 0) on this model's device and dtype, for the prefill step."""

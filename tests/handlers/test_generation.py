@@ -90,6 +90,15 @@ def test_load_picks_the_onnx_variant(handler: TextGenerationHandler) -> None:
     assert [t.name for t in handler.outputs] == ["text_output"]
 
 
+def test_load_handler_passes_spinning(exported: tuple[Any, Path]) -> None:
+    """``load_handler(spinning=False)`` reaches the text-generation handler (co-located HTTP server)."""
+    from handlers import load_handler
+
+    quiet = load_handler(exported[1], threads=1, spinning=False, load=False)
+    assert isinstance(quiet, TextGenerationHandler) and quiet.spinning is False
+    assert load_handler(exported[1], threads=1, load=False).spinning is True  # type: ignore[attr-defined]
+
+
 def test_padded_batch_decode_equals_full_recompute(handler: TextGenerationHandler, exported: Any) -> None:
     gpt = exported[0]
     prompts = [handler.encode("a longer first prompt"), handler.encode("short")]

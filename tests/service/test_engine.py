@@ -293,3 +293,18 @@ async def test_n_choices(gpt_runtime: Runtime) -> None:
     assert set(finish(greedy)) == {0, 1} and texts(greedy)[0] == texts(greedy)[1]
     assert gauge(engine, "deepserve_generated_tokens_total") == 3 * 20 + 2 * 10
     assert gauge(engine, "deepserve_prompt_tokens_total") == 2 * len("the")  # one shared prefill
+
+
+async def test_stop_delivers_everything_and_ends_both_threads(gpt_runtime: Runtime) -> None:
+    engine = make_engine(gpt_runtime)
+    await engine.start()
+    names = {t.name for t in threading.enumerate() if t.name.startswith("generation-tiny-gpt")}
+    assert names == {"generation-tiny-gpt", "generation-tiny-gpt-courier"}  # model loop + loop waker
+    tasks = [asyncio.create_task(collect(engine, p, s)) for p, s in REQUESTS[:3]]
+    while engine.running + engine.waiting < 3:
+        await asyncio.sleep(0.001)
+    await engine.stop(drain=True)
+    for task in tasks:  # drained: every stream got its chunks up to its finishing one
+        chunks = await asyncio.wait_for(task, 5)
+        assert chunks[-1].finish_reason == "length" and all(c.finish_reason is None for c in chunks[:-1])
+    assert not [t for t in threading.enumerate() if t.name.startswith("generation-tiny-gpt")]

@@ -2,7 +2,11 @@
 
 Batch cut rules, checked in this order:
 - requests whose deadline passed (or whose caller left) are answered / dropped, never computed;
-- rows (``item_rows``) stop at ``max_batch_size`` and cost (``item_cost``) at ``max_tokens``;
+- rows (``item_rows``) stop at ``max_batch_size``; text items are grouped by length: the batch
+  is padded to its longest item, so a later request joins only while rows x longest length stays
+  within ``max_tokens`` and at least ``min_fill`` of that padded area is real tokens. A request that
+  does not fit is skipped, not dropped: it keeps its place, and the oldest live request always
+  starts the next batch (FIFO fairness: nobody waits behind more than its queue position);
 - with ``preferred_sizes`` the batch is trimmed to the largest preferred size it covers.
 
 When to wait (the adaptive choice): the owner runs one batch at a time in a single worker
@@ -50,6 +54,8 @@ class _Pending:
     future: asyncio.Future[Tensors]
     enqueued: float
     deadline: float
+    seq: int  # arrival order, to put skipped requests back where they were
+    length: float  # padded tokens per row (item_cost / item_rows); 1 for non-text items
 
 
 def _rows(item: Tensors) -> int:
@@ -70,6 +76,7 @@ class DynamicBatcher:
         max_tokens: int | None = None,
         item_rows: Callable[[Tensors], int] = _rows,
         item_cost: Callable[[Tensors], int] | None = None,
+        min_fill: float = 0.75,
         default_timeout: float = 30.0,
         inline_below: float = 0.0,
         metrics: Metrics | None = None,
@@ -85,6 +92,8 @@ class DynamicBatcher:
         self._max_tokens = max_tokens
         self._item_rows = item_rows
         self._item_cost = item_cost or item_rows
+        self._min_fill = min_fill
+        self._arrivals = itertools.count()
         self.default_timeout = default_timeout
         self.stats = stats or ModelStatistics(model, "1")
         self._queue: deque[_Pending] = deque()
@@ -143,7 +152,10 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensors] = loop.create_future()
         now = time.monotonic()
-        self._queue.append(_Pending(item, rows, self._item_cost(item), future, now, now + timeout))
+        cost = self._item_cost(item)
+        length = cost / max(rows, 1)
+        arrival = next(self._arrivals)
+        self._queue.append(_Pending(item, rows, cost, future, now, now + timeout, arrival, length))
         self._queued_rows += rows
         self._set_depth()
         self._wakeup.set()
@@ -194,27 +206,45 @@ class DynamicBatcher:
                 return
 
     def _cut(self) -> list[_Pending]:
+        """The next batch: FIFO from the oldest live request, later ones joining when they fit
+        (``_fits``); skipped and trimmed requests go back in arrival order. Scans at most four
+        batches' worth of requests, so a cut stays O(batch) however long the queue is."""
         batch: list[_Pending] = []
-        rows = cost = 0
+        returned: list[_Pending] = []
+        rows, longest, real = 0, 0.0, 0
         now = time.monotonic()
-        while self._queue:
+        budget = 4 * self.max_batch_size
+        while self._queue and budget > 0 and rows < self.max_batch_size:
             head = self._queue[0]
             if head.future.done() or now > head.deadline:
                 self._pop()
                 self._deadline_passed(head.future, head.deadline - head.enqueued)
                 continue
-            too_costly = self._max_tokens is not None and batch and cost + head.cost > self._max_tokens
-            if rows + head.rows > self.max_batch_size or too_costly:
-                break
-            batch.append(self._pop())
-            rows += head.rows
-            cost += head.cost
+            budget -= 1
+            if not batch or self._fits(rows + head.rows, max(longest, head.length), real + head.cost):
+                batch.append(self._pop())
+                rows, longest, real = rows + head.rows, max(longest, head.length), real + head.cost
+            elif rows + head.rows > self.max_batch_size:
+                break  # full: keep strict order for requests that only lack room
+            else:
+                returned.append(self._pop())  # another length: it heads a later batch
         keep = self._preferred_prefix(batch)
-        for pending in reversed(batch[keep:]):  # back to the front of the queue, order kept
+        returned += batch[keep:]
+        for pending in sorted(returned, key=lambda p: p.seq, reverse=True):
             self._queue.appendleft(pending)
             self._queued_rows += pending.rows
         self._set_depth()
         return batch[:keep]
+
+    def _fits(self, rows: int, longest: float, real: int) -> bool:
+        """Would a batch of ``rows`` padded to ``longest``, ``real`` tokens unpadded, be allowed:
+        rows, the token budget, and the padded fill (module docstring)."""
+        if rows > self.max_batch_size:
+            return False
+        padded = rows * longest  # every row is padded to the batch's longest item
+        if self._max_tokens is not None and padded > self._max_tokens:
+            return False
+        return real >= self._min_fill * padded
 
     def _preferred_prefix(self, batch: list[_Pending]) -> int:
         """Length of the longest prefix whose rows are a preferred size (all, if none matches)."""

@@ -177,6 +177,7 @@ class Registry:
             precision=override.precision,
             runtime=override.runtime,
             threads=self.settings.threads,
+            spinning=self.settings.ort_spinning,
         )
         return handler
 

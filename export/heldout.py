@@ -37,7 +37,7 @@ def _topics(meta: dict[str, Any]) -> Rows:
     from training.textdata import topic_snippets
 
     length = int(meta["preprocessing"]["max_length"])
-    ids, mask = topic_snippets(len(meta["labels"]), length).test.tensors[:2]
+    ids, mask = topic_snippets(length=length, topics=tuple(meta["labels"])).test.tensors[:2]
     return {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
 
 

@@ -24,7 +24,7 @@ from export.schema import (
     TextPreprocessing,
 )
 from handlers.base import InvalidInputError, ModelLoadError, Tensors
-from handlers.tensors import check_names, check_tensor
+from handlers.tensors import check_finite, check_names, check_tensor
 
 
 class InputCodec(ABC):
@@ -103,7 +103,7 @@ def as_rows(name: str, value: Any, width: int) -> np.ndarray:
     if array.ndim != 2 or array.shape[1] != width or array.shape[0] == 0:
         got = list(array.shape)
         raise InvalidInputError(f"input {name!r} expects rows of {width} numbers, got shape {got}")
-    return array
+    return check_finite(name, array)
 
 
 def codec_for(spec: ModelSpec, version_dir: Path) -> InputCodec:

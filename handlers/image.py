@@ -23,6 +23,9 @@ from handlers.codec import InputCodec, parse_json
 from handlers.tensors import bytes_items, check_tensor
 
 IMAGE_INPUT = TensorSpec(name="image", datatype="BYTES", shape=[-1])
+# A few KB of PNG can declare a gigapixel image (a decompression bomb); decoding one would take
+# seconds and gigabytes before the resize to the model's size. 4096 x 4096 covers real photos.
+MAX_IMAGE_PIXELS = 4096 * 4096
 _MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF")
 
 
@@ -31,15 +34,26 @@ def decode_image(data: bytes, pre: ImagePreprocessing, *, name: str = "image") -
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as opened:
+        with Image.open(io.BytesIO(data)) as opened:  # reads the header only: size is known, pixels are not
+            _check_pixels(name, *opened.size)
             img = opened.convert("L" if pre.channels == 1 else "RGB")
         if img.size != (pre.width, pre.height):
             img = img.resize((pre.width, pre.height), Image.Resampling.BILINEAR)
         array = np.asarray(img, dtype=np.float32) / 255.0
+    except Image.DecompressionBombError as exc:  # over PIL's own limit, raised by Image.open
+        raise InvalidInputError(f"input {name!r}: {exc}; the limit is {MAX_IMAGE_PIXELS} pixels") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         msg = f"input {name!r}: cannot decode {len(data)} bytes as PNG/JPEG ({exc})"
         raise InvalidInputError(msg) from exc
     return array[None, :, :] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
+
+
+def _check_pixels(name: str, width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InvalidInputError(
+            f"input {name!r}: a {width}x{height} image is over the {MAX_IMAGE_PIXELS}-pixel limit; "
+            "resize it before sending (the model takes far fewer)"
+        )
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -53,6 +53,13 @@ def check_tensor(spec: TensorSpec, value: Any) -> np.ndarray:
         raise InvalidInputError(f"input {spec.name!r} expects {describe(spec)}, got {_came(array)}")
     if array.shape[0] == 0:
         raise InvalidInputError(f"input {spec.name!r} has no rows; send at least one")
+    return check_finite(spec.name, array)
+
+
+def check_finite(name: str, array: np.ndarray) -> np.ndarray:
+    """NaN / Inf would flow through the graph and come back as null scores: refuse them here."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInputError(f"input {name!r} holds NaN or Inf values; send finite numbers")
     return array
 
 

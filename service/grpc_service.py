@@ -192,7 +192,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 def create_grpc_server(registry: Registry, settings: Settings, state: ServerState) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            # the HTTP body limit applies here too: grpc refuses bigger messages before decoding
+            ("grpc.max_receive_message_length", min(settings.max_body_bytes, MAX_MESSAGE)),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
     )

@@ -37,6 +37,7 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = False  # bf16 autocast on CPU (CUDA always uses fp16 autocast + GradScaler)
     max_steps: int | None = None  # stop after this many optimizer steps (quick runs)
+    max_seconds: float | None = None  # wall-clock budget; the lr schedule is sized to it
     threads: int | None = None  # torch intra-op threads; None = torch default
     extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific (beta, latent_dim, ...)
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from models import build_model
 from models.autoencoder import vae_loss
 from training import distributed as ddp
+from training.budget import Budget
 from training.config import seed_everything
 from training.job import Job, finish
 from training.loop import Batch, LossFn, fit, show_progress
@@ -154,7 +155,11 @@ def train_gan(job: Job, ctx: ddp.DistContext | None = None) -> Path:
         job.data.train, batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=True
     )
     history: list[dict[str, float]] = []
-    show, steps = show_progress(ddp.DistContext(), job.progress), 0
+    show, steps, budget = show_progress(ddp.DistContext(), job.progress), 0, Budget(cfg.max_seconds)
+
+    def done() -> bool:
+        return (cfg.max_steps is not None and steps >= cfg.max_steps) or budget.expired()
+
     for epoch in range(1, cfg.epochs + 1):
         g.train()
         d.train()
@@ -162,13 +167,13 @@ def train_gan(job: Job, ctx: ddp.DistContext | None = None) -> Path:
         for real, _ in loader:
             stats.append(_gan_step(g, d, opt_g, opt_d, real, latent_dim))
             steps += 1
-            if cfg.max_steps is not None and steps >= cfg.max_steps:
+            if done():
                 break
         row = {"epoch": epoch, **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}}
         history.append(row)
         if show:
             print(" ".join(f"{k}={v:.4g}" for k, v in row.items()), file=sys.stderr)
-        if cfg.max_steps is not None and steps >= cfg.max_steps:
+        if done():
             break
     metrics = gan_metrics(g, job, latent_dim, cfg.seed)
     job.meta |= {
@@ -178,7 +183,8 @@ def train_gan(job: Job, ctx: ddp.DistContext | None = None) -> Path:
     }
     prep_image = job.data.preprocessing
     job.data.preprocessing = {"kind": "latent", "latent_dim": latent_dim}
-    finish(job, g, metrics, None, history, task="image-generation", extra_summary={"image": prep_image})
+    summary = {"image": prep_image, "steps": steps, "out_of_time": budget.expired()}
+    finish(job, g, metrics, None, history, task="image-generation", extra_summary=summary)
     z = torch.randn(64, latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
     with torch.no_grad():
         save_image_grid(job.out_dir / "samples.png", (g.eval()(z) + 1) / 2)

@@ -76,6 +76,7 @@ def finish(
             "best_epoch": fit.best_epoch,
             "best_val_loss": fit.best_val_loss,
             "stopped_early": fit.stopped_early,
+            "out_of_time": fit.out_of_time,
             "steps": fit.steps,
             "train_seconds": fit.seconds,
         }

@@ -4,7 +4,8 @@ One ``fit`` serves every supervised recipe: the caller passes ``loss_fn(model, b
 so images, tabular rows, token ids and language-model windows all go through the same code.
 It does AdamW / Adam / SGD, a per-step or per-epoch lr schedule, gradient clipping, gradient
 accumulation, early stopping on the val loss restoring the best weights, CUDA autocast with a
-GradScaler (bf16 autocast on CPU on request) and DDP-aware gradient sync.
+GradScaler (bf16 autocast on CPU on request) and DDP-aware gradient sync. ``max_steps`` and the
+wall-clock ``max_seconds`` both end training between batches; the best-val-loss weights are kept.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from training.budget import Budget
 from training.config import TrainConfig
 from training.distributed import DistContext, set_epoch, unwrap
 from training.optim import Schedule, build_optimizer
@@ -39,6 +41,7 @@ class FitResult:
     best_epoch: int = 0
     best_val_loss: float = math.inf
     stopped_early: bool = False
+    out_of_time: bool = False  # stopped by ``max_seconds``
     steps: int = 0
     seconds: float = 0.0
 
@@ -79,12 +82,14 @@ def show_progress(ctx: DistContext, progress: bool | None) -> bool:
 class _Stepper:
     """Backward with accumulation; optimizer step + clip + schedule every ``grad_accum`` batches."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, total_steps: int) -> None:
-        self.model, self.cfg = model, cfg
+    def __init__(
+        self, model: nn.Module, cfg: TrainConfig, device: torch.device, total_steps: int, budget: Budget
+    ) -> None:
+        self.model, self.cfg, self.budget = model, cfg, budget
         self.optimizer = build_optimizer(model.parameters(), cfg)
-        self.schedule = Schedule(self.optimizer, cfg, total_steps)
+        self.schedule = Schedule(self.optimizer, cfg, total_steps, budget)
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-        self.steps = 0
+        self.steps, self.out_of_time = 0, False
 
     def backward(self, loss: Tensor, step_now: bool, ddp: bool) -> None:
         # Under DDP, skip the gradient all-reduce on batches that only accumulate.
@@ -103,6 +108,16 @@ class _Stepper:
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.after_step()
         self.steps += 1
+
+    def done(self, ddp: bool) -> bool:
+        """``max_steps`` reached or the time budget spent (on any rank: all must stop together)."""
+        expired = self.budget.expired()
+        if ddp and self.budget.max_seconds is not None:
+            flag = torch.tensor([float(expired)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            expired = bool(flag.item())
+        self.out_of_time = expired
+        return expired or (self.cfg.max_steps is not None and self.steps >= self.cfg.max_steps)
 
 
 def _batches(loader: DataLoader, desc: str, show: bool) -> Iterator[tuple[int, Batch, Any]]:
@@ -143,7 +158,7 @@ def _train_epoch(
         stepper.backward(loss, step_now, ddp)
         running, seen = running + float(loss.detach()) * len(batch[0]), seen + len(batch[0])
         bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
-        if cfg.max_steps is not None and stepper.steps >= cfg.max_steps:
+        if step_now and stepper.done(ddp):
             break
     return running / max(1, seen)
 
@@ -168,7 +183,8 @@ def fit(
     ctx = ctx or DistContext()
     per_epoch = math.ceil(len(train) / cfg.grad_accum)
     total = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * per_epoch)
-    stepper, show, result = _Stepper(model, cfg, device, total), show_progress(ctx, progress), FitResult()
+    stepper = _Stepper(model, cfg, device, total, Budget(cfg.max_seconds))
+    show, result = show_progress(ctx, progress), FitResult()
     best_state: dict[str, Tensor] | None = None
     start, stale = time.perf_counter(), 0
     for epoch in range(1, cfg.epochs + 1):
@@ -203,9 +219,10 @@ def fit(
         else:
             stale += 1
         result.stopped_early = cfg.patience is not None and stale >= cfg.patience
-        if result.stopped_early or (cfg.max_steps is not None and stepper.steps >= cfg.max_steps):
+        if result.stopped_early or stepper.done(ctx.enabled):
             break
     if best_state is not None:
         unwrap(model).load_state_dict(best_state)
     result.steps, result.seconds = stepper.steps, time.perf_counter() - start
+    result.out_of_time = stepper.out_of_time
     return result

@@ -3,6 +3,9 @@
 Schedules differ in *when* they step: warmup-cosine, cosine and one-cycle move every optimizer
 step; exponential moves every epoch; reduce-on-plateau moves every epoch on the val loss.
 ``Schedule`` hides that so the loop calls ``after_step()`` and ``after_epoch(val_loss)``.
+Under a wall-clock ``Budget`` the per-step warmup-cosine and cosine schedules advance by
+whichever is further along, steps or time, so the lr reaches its floor when the budget ends
+(a step-sized cosine would be cut off at a high lr). One-cycle stays step-sized.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Iterable
 import torch
 from torch.optim import lr_scheduler
 
+from training.budget import Budget
 from training.config import TrainConfig
 
 
@@ -31,10 +35,17 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> t
     raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose adamw, adam or sgd")
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.05) -> lr_scheduler.LRLambda:
-    """Linear warm-up to the base lr, then cosine decay down to ``floor`` x base lr."""
+def warmup_cosine(
+    total_steps: int, warmup_steps: int, floor: float = 0.05, budget: Budget | None = None
+) -> lr_scheduler.LRLambda:
+    """Linear warm-up to the base lr, then cosine decay down to ``floor`` x base lr.
+
+    With a budget, a step counts as at least the spent share of the budget times ``total_steps``.
+    """
 
     def factor(step: int) -> float:
+        if budget is not None:
+            step = max(step, int(budget.fraction() * total_steps))
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -46,13 +57,21 @@ def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.05) -> l
 class Schedule:
     """One lr schedule with a uniform stepping interface."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        cfg: TrainConfig,
+        total_steps: int,
+        budget: Budget | None = None,
+    ) -> None:
         total_steps = max(1, total_steps)
         self.per_step = cfg.scheduler in ("warmup-cosine", "cosine", "onecycle")
         self.sched: lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau | None
         if cfg.scheduler == "warmup-cosine":
             warmup = max(1, round(cfg.warmup_frac * total_steps))
-            self.sched = lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup))
+            self.sched = lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup, budget=budget))
+        elif cfg.scheduler == "cosine" and budget is not None and budget.max_seconds is not None:
+            self.sched = lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, 0, 0.0, budget))
         elif cfg.scheduler == "cosine":
             self.sched = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
         elif cfg.scheduler == "onecycle":

@@ -62,14 +62,27 @@ def topic_corpus() -> bytes:
     return b"\n\n".join(topics_text().values())
 
 
-def topic_snippets(n_topics: int = 8, length: int = 128, train_stride: int | None = None) -> TaskData:
-    """Snippets of the ``n_topics`` largest reference topics, labelled by topic.
+def topic_snippets(
+    n_topics: int = 8,
+    length: int = 128,
+    train_stride: int | None = None,
+    topics: tuple[str, ...] | None = None,
+) -> TaskData:
+    """Snippets of the given reference ``topics`` (default: the ``n_topics`` largest), labelled by topic.
 
     Each topic's text is cut 80 / 10 / 10 by position; train windows step ``train_stride``
     (default half a window; overlapping windows act as random-crop augmentation), val / test
     windows do not overlap.
     """
-    texts = sorted(topics_text().items(), key=lambda kv: -len(kv[1]))[:n_topics]
+    every = topics_text()
+    missing = [t for t in topics or () if t not in every]
+    if missing:
+        raise DataError(f"unknown reference topic(s) {', '.join(missing)}; see pydoc_data.topics")
+    texts = (
+        [(t, every[t]) for t in topics]
+        if topics
+        else sorted(every.items(), key=lambda kv: -len(kv[1]))[:n_topics]
+    )
     labels = sorted(name for name, _ in texts)
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"train": [], "val": [], "test": []}
     for name, data in texts:
@@ -96,5 +109,5 @@ def topic_snippets(n_topics: int = 8, length: int = 128, train_stride: int | Non
         text_preprocessing(length),
         fingerprint(*(d for _, d in texts)),
         labels,
-        f"pydoc_data.topics, {n_topics} largest topics",
+        f"pydoc_data.topics, topics {', '.join(labels)}",
     )

@@ -1,6 +1,7 @@
 """``deepserve train``: train a built-in recipe or the user's own data; write one checkpoint.
 
     deepserve train digits-cnn [--quick] [--out DIR] [--epochs N] [--seed S] ...
+    deepserve train docs-gpt --max-seconds 120       (wall-clock budget; the lr decay fits it)
     deepserve train csv data.csv --label price [--task regression]
     deepserve train images photos/            (one sub-folder per class)
     deepserve train text notes.txt            (byte-level GPT)
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-accum", type=int, help="accumulate gradients over N batches")
     t.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
     t.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    t.add_argument(
+        "--max-seconds", type=float, help="wall-clock training budget; the lr schedule ends with it"
+    )
     t.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast on CPU")
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument(
@@ -85,6 +89,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
             "scheduler",
             "grad_accum",
             "max_steps",
+            "max_seconds",
             "bf16",
             "threads",
         )
@@ -96,6 +101,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("epochs", "batch_size", "grad_accum", "max_steps", "threads"):
         if o[key] is not None and o[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {o[key]}")
+    if o["max_seconds"] is not None and o["max_seconds"] <= 0:
+        raise ConfigError(f"--max-seconds must be positive, got {o['max_seconds']}")
     return o
 
 

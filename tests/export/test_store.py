@@ -61,3 +61,58 @@ def test_unknown_name_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         store_mod.build_store(tmp_path, names=["nope"])
     assert store_mod.main(["build", "--store", str(tmp_path), "--only", "nope"]) == 1
     assert "unknown store model(s) nope" in capsys.readouterr().err
+
+
+def test_default_build_trains_under_the_recipe_budget_and_stamps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    import training.recipes as recipes
+
+    budgets: list[float | None] = []
+    real = recipes.run_recipe
+
+    def recorded(name: str, out_dir: Path, *, quick: bool = False, **kwargs: object) -> Path:
+        budgets.append(kwargs.get("max_seconds"))  # type: ignore[arg-type]
+        assert not quick
+        return real(
+            name, out_dir, quick=True
+        )  # quick sizes keep the test fast; the budget path is what counts
+
+    monkeypatch.setattr(recipes, "run_recipe", recorded)
+    store = tmp_path / "store"
+    (first,) = store_mod.build_store(store, names=["tabular-mlp"], progress=False, threads=1)
+    budget = recipes.RECIPES["tabular-mlp"].store_seconds
+    assert budget is not None and budgets == [budget]
+    stamp = json.loads((store / ".checkpoints" / "tabular-mlp" / "stamp.json").read_text())
+    assert stamp["max_seconds"] == budget
+    assert "model.fp16.pt" not in json.loads((first / "parity.json").read_text())["not_built"]
+    store_mod.build_store(store, names=["tabular-mlp"], progress=False)
+    assert len(budgets) == 1  # reused
+    changed = dataclasses.replace(recipes.RECIPES["tabular-mlp"], store_seconds=budget + 1)
+    monkeypatch.setitem(recipes.RECIPES, "tabular-mlp", changed)
+    (again,) = store_mod.build_store(store, names=["tabular-mlp"], progress=False)
+    assert budgets == [budget, budget + 1] and again == first  # retrained into the same version
+
+
+def test_full_build_has_no_budget_and_threads_are_restored() -> None:
+    import torch
+
+    from training.recipes import RECIPES
+
+    assert all(RECIPES[n].store_seconds for n in RECIPES)
+    assert store_mod.budget_for("docs-gpt", quick=False, full=False) == RECIPES["docs-gpt"].store_seconds
+    assert store_mod.budget_for("docs-gpt", quick=False, full=True) is None
+    assert store_mod.budget_for("docs-gpt", quick=True, full=False) is None
+    assert store_mod.budget_for("minilm", quick=False, full=False) is None
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with store_mod.torch_threads(None):
+            assert torch.get_num_threads() == 1
+        with store_mod.torch_threads(2):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

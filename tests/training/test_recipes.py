@@ -88,3 +88,15 @@ def test_recipe_meta_carries_what_export_needs(tmp_path: Path) -> None:
     assert vae.meta["generation"]["image_height"] == 8
     reg = load_checkpoint(run_recipe("regression-mlp", tmp_path / "reg", quick=True))
     assert len(reg.meta["preprocessing"]["target_mean"]) == len(reg.meta["preprocessing"]["targets"]) == 1
+
+
+def test_topic_snippets_use_the_named_topics() -> None:
+    from training.data import DataError
+    from training.recipes import DOCS_TOPICS
+    from training.textdata import topic_snippets
+
+    data = topic_snippets(topics=DOCS_TOPICS)
+    assert data.labels == sorted(DOCS_TOPICS)
+    assert set(data.test.tensors[2].tolist()) == set(range(len(DOCS_TOPICS)))  # every topic in test
+    with pytest.raises(DataError, match="unknown reference topic"):
+        topic_snippets(topics=("compound", "no-such-topic"))

@@ -76,8 +76,9 @@ def encode_result(result: Any) -> Response:
     return Response(json_codec.dumps(result), media_type="application/json")
 
 
-@router.post("/predictions/{model}/{version}")
-@router.post("/predictions/{model}")
+# PUT too: TorchServe's documented call is `curl .../predictions/m -T kitten.jpg`, and -T uploads with PUT
+@router.api_route("/predictions/{model}/{version}", methods=["POST", "PUT"])
+@router.api_route("/predictions/{model}", methods=["POST", "PUT"])
 async def predictions(request: Request, model: str, version: str | None = None) -> Response:
     registry: Registry = request.app.state.registry
     with inference.RequestTracker(registry, model, "torchserve"):

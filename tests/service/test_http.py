@@ -256,6 +256,9 @@ async def test_torchserve_json_raw_and_multipart(served: Served) -> None:
     files = {"data": ("rows.json", b"[[0, 1, 2]]", "application/json")}
     r = await c.post("/predictions/sum", files=files)
     assert r.status_code == 200 and r.json() == {"total": [3.0]}
+    # `curl .../predictions/sum -T rows.json` (TorchServe's documented call) uploads with PUT
+    r = await c.put("/predictions/sum", content=b"[[2, 2, 2]]", headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json() == {"total": [6.0]}
     r = await c.post(
         "/predictions/sum", content=b"\x00\x01", headers={"content-type": "application/octet-stream"}
     )

@@ -49,50 +49,13 @@ def random_docs_gpt(root: Path) -> Path:
     """A model-store version of docs-gpt's default architecture with random weights (speed only)."""
     import torch
 
-    from export.onnx_graph import write_onnx
-    from export.schema import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
+    from export.generative_plans import write_gpt_version
     from models import build_model
-    from models.gpt import GPTWithCache
 
     torch.manual_seed(0)
-    c = DOCS_GPT
-    L, H, ctx = c["n_layer"], c["n_head"], c["context_length"]
-    dh = c["d_model"] // H
-    gpt = build_model("gpt", **c).eval()
-    cache = [L, -1, H, -1, dh]
-    pasts = [TensorSpec(name=n, datatype="FP32", shape=cache) for n in ("past_key", "past_value")]
-    presents = [TensorSpec(name=n, datatype="FP32", shape=cache) for n in ("present_key", "present_value")]
-    ints = [
-        TensorSpec(name=n, datatype="INT64", shape=[-1, -1])
-        for n in ("input_ids", "position_ids", "attention_mask")
-    ]
-    spec = ModelSpec(
-        name="docs-gpt", version=1, task="text-generation", architecture="gpt",
-        inputs=[*ints, *pasts],
-        outputs=[TensorSpec(name="logits", datatype="FP32", shape=[-1, -1, 256]), *presents],
-        max_batch_size=16,
-        preprocessing=TextPreprocessing(tokenizer="bytes", max_length=ctx, vocab_size=256),
-        generation=GenerationDefaults(context_length=ctx, n_layer=L, n_head=H, head_dim=dh),
-        variants=[Variant(file="model.onnx", format="onnx", precision="fp32", usable=True)],
-        created="2026-01-01T00:00:00Z", torch_version=torch.__version__, source="random weights (benchmark)",
-    )  # fmt: skip
-    dim = torch.export.Dim
-    b, t, p, s = (
-        dim("batch", max=64),
-        dim("sequence", max=ctx),
-        dim("past", min=0, max=ctx),
-        dim("total", max=2 * ctx),
-    )
-    dims = {"input_ids": {0: b, 1: t}, "position_ids": {0: b, 1: t}, "attention_mask": {0: b, 1: s},
-            "past_key": {1: b, 3: p}, "past_value": {1: b, 3: p}}  # fmt: skip
-    past = torch.randn(L, 2, H, 2, dh)
-    ids = torch.randint(1, 256, (2, 3))
-    example = (ids, torch.arange(3).repeat(2, 1), torch.ones(2, 5, dtype=torch.int64), past, past.clone())
     version = root / "docs-gpt" / "1"
-    version.mkdir(parents=True)
-    write_onnx(GPTWithCache(gpt), example, version / "model.onnx", input_names=[i.name for i in spec.inputs],
-               output_names=[o.name for o in spec.outputs], dynamic_shapes=dims)  # fmt: skip
-    spec.write(version)
+    write_gpt_version(build_model("gpt", **DOCS_GPT).eval(), version, name="docs-gpt",
+                      source="random weights (benchmark)")  # fmt: skip
     return version
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,8 +11,10 @@ import torch
 from torch import nn
 
 from export.heldout import held_out
+from export.onnx_graph import write_onnx
 from export.plan import GraphPlan, batch_dim, spec, split_batches
 from export.planners import _Decoder, _Encoder, _image_in
+from export.schema import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
 from export.serving import CachedLM, ImageModel, ImageOutput
 from training.checkpoint import Checkpoint
 
@@ -164,18 +168,64 @@ def _gpt_io(L: int, H: int, Dh: int, V: int) -> tuple[list[Any], list[Any]]:
     return [*text_in, *cache], outs
 
 
-def plan_gpt(ckpt: Checkpoint, model: nn.Module, prep: dict[str, Any]) -> GraphPlan:
-    module = CachedLM(model).eval()
+def _gpt_geometry(model: nn.Module) -> tuple[int, int, int, int, int]:
     cfg: Any = model.config
     ctx, L, H, V = int(cfg.context_length), int(cfg.n_layer), int(cfg.n_head), int(cfg.vocab_size)
-    Dh = int(cfg.d_model) // H
-    example = (
+    return ctx, L, H, int(cfg.d_model) // H, V
+
+
+def _gpt_example(L: int, H: int, Dh: int, V: int) -> tuple[torch.Tensor, ...]:
+    return (
         torch.randint(1, V, (2, 3)),
         torch.arange(3).repeat(2, 1),
         torch.ones(2, 5, dtype=torch.int64),
         torch.randn(L, 2, H, 2, Dh),
         torch.randn(L, 2, H, 2, Dh),
     )
+
+
+def write_gpt_onnx(model: nn.Module, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Write an eager GPT's explicit-KV-cache graph to ``path`` with exactly the names and dynamic
+    dims `deepserve export` uses, and return its (inputs, outputs) for a model.json. For tests and
+    benchmarks that need a GPT version directory without a trained checkpoint."""
+    ctx, L, H, Dh, V = _gpt_geometry(model)
+    inputs, outputs = _gpt_io(L, H, Dh, V)
+    write_onnx(
+        CachedLM(model).eval(),
+        _gpt_example(L, H, Dh, V),
+        path,
+        input_names=[t.name for t in inputs],
+        output_names=[t.name for t in outputs],
+        dynamic_shapes=_gpt_dims(ctx),
+    )
+    return inputs, outputs
+
+
+def write_gpt_version(
+    model: nn.Module, version_dir: Path, *, name: str, source: str | None = None, **generation: Any
+) -> ModelSpec:
+    """A servable version directory (model.onnx + model.json, fp32 only, no parity run) for an eager
+    GPT without a checkpoint: random-weight benchmarks and tests of the generation path."""
+    ctx, L, H, Dh, V = _gpt_geometry(model)
+    version_dir.mkdir(parents=True)
+    inputs, outputs = write_gpt_onnx(model, version_dir / "model.onnx")
+    geometry = {"context_length": ctx, "n_layer": L, "n_head": H, "head_dim": Dh, **generation}
+    spec = ModelSpec(
+        name=name, version=int(version_dir.name), task="text-generation", architecture="gpt",
+        inputs=inputs, outputs=outputs, max_batch_size=16,
+        preprocessing=TextPreprocessing(tokenizer="bytes", max_length=ctx, vocab_size=V),
+        generation=GenerationDefaults(**geometry),
+        variants=[Variant(file="model.onnx", format="onnx", precision="fp32", usable=True)],
+        created=datetime.now(UTC).isoformat(), torch_version=str(torch.__version__), source=source,
+    )  # fmt: skip
+    spec.write(version_dir)
+    return spec
+
+
+def plan_gpt(ckpt: Checkpoint, model: nn.Module, prep: dict[str, Any]) -> GraphPlan:
+    module = CachedLM(model).eval()
+    ctx, L, H, Dh, V = _gpt_geometry(model)
+    example = _gpt_example(L, H, Dh, V)
     rows, where = held_out(ckpt.meta, rows=8)
     inputs, outs = _gpt_io(L, H, Dh, V)
     generation = {

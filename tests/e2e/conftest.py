@@ -48,52 +48,17 @@ def free_port() -> int:
 
 
 def _tiny_gpt(root: Path, ctx: int = 32, layers: int = 2, heads: int = 2, head_dim: int = 8) -> None:
-    """An untrained byte GPT with the explicit-KV-cache graph of TEAM.md, exported as export/ does."""
+    """An untrained byte GPT with the explicit-KV-cache graph, exported as export/ does."""
     import torch
 
-    from export.onnx_graph import write_onnx
-    from export.schema import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
+    from export.generative_plans import write_gpt_version
     from models import build_model
-    from models.gpt import GPTWithCache
 
-    cache = [layers, -1, heads, -1, head_dim]
-    ids_spec = [
-        TensorSpec(name=n, datatype="INT64", shape=[-1, -1])
-        for n in ("input_ids", "position_ids", "attention_mask")
-    ]
-    past_names, present_names = ("past_key", "past_value"), ("present_key", "present_value")
-    spec = ModelSpec(
-        name="tiny-gpt", version=1, task="text-generation", architecture="gpt",
-        inputs=[*ids_spec, *(TensorSpec(name=n, datatype="FP32", shape=cache) for n in past_names)],
-        outputs=[TensorSpec(name="logits", datatype="FP32", shape=[-1, -1, 256]),
-                 *(TensorSpec(name=n, datatype="FP32", shape=cache) for n in present_names)],
-        max_batch_size=16,
-        preprocessing=TextPreprocessing(tokenizer="bytes", max_length=ctx, vocab_size=256),
-        generation=GenerationDefaults(context_length=ctx, n_layer=layers, n_head=heads, head_dim=head_dim),
-        variants=[Variant(file="model.onnx", format="onnx", precision="fp32", usable=True)],
-        created="2026-01-01T00:00:00Z", torch_version=torch.__version__,
-    )  # fmt: skip
     torch.manual_seed(0)
     gpt = build_model(
         "gpt", vocab_size=256, context_length=ctx, n_layer=layers, n_head=heads, d_model=heads * head_dim
     )
-    dim = torch.export.Dim
-    b, t, p, s = (
-        dim("batch", max=64),
-        dim("sequence", max=ctx),
-        dim("past", min=0, max=ctx),
-        dim("total", max=2 * ctx),
-    )
-    dims = {"input_ids": {0: b, 1: t}, "position_ids": {0: b, 1: t}, "attention_mask": {0: b, 1: s},
-            "past_key": {1: b, 3: p}, "past_value": {1: b, 3: p}}  # fmt: skip
-    past = torch.randn(layers, 2, heads, 2, head_dim)
-    ids, mask = torch.randint(1, 256, (2, 3)), torch.ones(2, 5, dtype=torch.int64)
-    example = (ids, torch.arange(3).repeat(2, 1), mask, past, past.clone())
-    version = root / "tiny-gpt" / "1"
-    version.mkdir(parents=True)
-    names = {"input_names": [i.name for i in spec.inputs], "output_names": [o.name for o in spec.outputs]}
-    write_onnx(GPTWithCache(gpt.eval()), example, version / "model.onnx", dynamic_shapes=dims, **names)
-    spec.write(version)
+    write_gpt_version(gpt.eval(), root / "tiny-gpt" / "1", name="tiny-gpt")
 
 
 def start_server(store: Path, log: Path, **env: str) -> Server:

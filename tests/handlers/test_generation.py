@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from export.onnx_graph import write_onnx
+from export.generative_plans import write_gpt_onnx
 from export.schema import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
 from handlers.base import InvalidInputError, ModelLoadError, PayloadRequest, TensorRequest
 from handlers.generation import TextGenerationHandler, sample
 from models import build_model
-from models.gpt import GPTWithCache
 
 CTX, LAYERS, HEADS, HEAD_DIM = 32, 2, 2, 8
 
@@ -50,24 +49,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Pa
                            d_model=HEADS * HEAD_DIM).eval()  # fmt: skip
     with torch.no_grad():
         gpt.wte.weight.mul_(40)  # peaked logits: greedy choices far from ties
-    dim = torch.export.Dim
-    b, t, p, s = (
-        dim("batch", max=64),
-        dim("sequence", max=CTX),
-        dim("past", min=0, max=CTX),
-        dim("total", max=2 * CTX),
-    )
-    dims = {"input_ids": {0: b, 1: t}, "position_ids": {0: b, 1: t}, "attention_mask": {0: b, 1: s},
-            "past_key": {1: b, 3: p}, "past_value": {1: b, 3: p}}  # fmt: skip
-    past = torch.randn(LAYERS, 2, HEADS, 2, HEAD_DIM)
-    ids = torch.randint(1, 256, (2, 3))
-    example = (ids, torch.arange(3).repeat(2, 1), torch.ones(2, 5, dtype=torch.int64), past, past.clone())
     version = tmp_path_factory.mktemp("store") / "tiny-gpt" / "1"
     version.mkdir(parents=True)
-    names = gpt_spec()
-    write_onnx(GPTWithCache(gpt), example, version / "model.onnx", input_names=[i.name for i in names.inputs],
-               output_names=[o.name for o in names.outputs], dynamic_shapes=dims)  # fmt: skip
-    names.write(version)
+    write_gpt_onnx(gpt, version / "model.onnx")  # exactly as `deepserve export` writes it
+    gpt_spec().write(version)
     yield gpt, version
     torch.set_num_threads(threads)
 

@@ -45,7 +45,7 @@ class ModelInfo:
         return self.task == "text-generation"
 
 
-_NUMPY = {
+NUMPY_DTYPES = {
     "FP32": np.float32,
     "FP64": np.float64,
     "FP16": np.float16,
@@ -175,8 +175,8 @@ def _tensor(info: ModelInfo, spec: InputSpec, rows: int, rng: np.random.Generato
     if spec.datatype == "BYTES":
         return np.array([s.encode() for s in sentences(rows + i)[i : i + rows]], dtype=object)
     if spec.datatype.startswith(("FP", "BF")):
-        return rng.standard_normal((rows, *dims)).astype(_NUMPY.get(spec.datatype, np.float32))
-    return rng.integers(0, 2, (rows, *dims)).astype(_NUMPY.get(spec.datatype, np.int64))
+        return rng.standard_normal((rows, *dims)).astype(NUMPY_DTYPES.get(spec.datatype, np.float32))
+    return rng.integers(0, 2, (rows, *dims)).astype(NUMPY_DTYPES.get(spec.datatype, np.int64))
 
 
 def prompts(n: int) -> list[str]:

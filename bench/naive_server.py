@@ -15,17 +15,9 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request, Response
 
-_NUMPY = {
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "FP16": np.float16,
-    "INT64": np.int64,
-    "INT32": np.int32,
-    "INT8": np.int8,
-    "UINT8": np.uint8,
-    "BOOL": np.bool_,
-}
-_KSERVE = {np.dtype(v): k for k, v in _NUMPY.items()}
+from bench.inputs import NUMPY_DTYPES
+
+_KSERVE = {np.dtype(v): k for k, v in NUMPY_DTYPES.items()}
 
 
 def decode_inputs(body: bytes, header_len: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -33,7 +25,7 @@ def decode_inputs(body: bytes, header_len: int | None) -> tuple[dict[str, np.nda
     header = json.loads(body[:header_len] if header_len else body)
     offset, feeds = header_len or 0, {}
     for t in header["inputs"]:
-        dtype, shape = _NUMPY[t["datatype"]], t["shape"]
+        dtype, shape = NUMPY_DTYPES[t["datatype"]], t["shape"]
         size = (t.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             feeds[t["name"]] = np.frombuffer(body, dtype, count=int(np.prod(shape)), offset=offset).reshape(

@@ -82,7 +82,7 @@ def _greedy(plan: GraphPlan, tmp: Path, result: VariantResult) -> None:
     g = plan.generation
     cache = (int(g["n_layer"]), int(g["n_head"]), int(g["head_dim"]))
     step = ort_runner(ort_session(tmp / result.file, fp16=result.precision == "fp16"))
-    result.extra |= greedy_check(step, plan.module.model, prompts, new_tokens, cache)  # type: ignore[arg-type]
+    result.extra |= greedy_check(step, plan.module.gpt, prompts, new_tokens, cache)  # type: ignore[arg-type]
     result.raise_if_fp32_fails()
 
 

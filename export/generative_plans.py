@@ -15,7 +15,8 @@ from export.onnx_graph import write_onnx
 from export.plan import GraphPlan, batch_dim, spec, split_batches
 from export.planners import _Decoder, _Encoder, _image_in
 from export.schema import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
-from export.serving import CachedLM, ImageModel, ImageOutput
+from export.serving import ImageModel, ImageOutput
+from models.gpt import GPTWithCache
 from training.checkpoint import Checkpoint
 
 
@@ -191,7 +192,7 @@ def write_gpt_onnx(model: nn.Module, path: Path) -> tuple[list[TensorSpec], list
     ctx, L, H, Dh, V = _gpt_geometry(model)
     inputs, outputs = _gpt_io(L, H, Dh, V)
     write_onnx(
-        CachedLM(model).eval(),
+        GPTWithCache(model).eval(),
         _gpt_example(L, H, Dh, V),
         path,
         input_names=[t.name for t in inputs],
@@ -223,7 +224,7 @@ def write_gpt_version(
 
 
 def plan_gpt(ckpt: Checkpoint, model: nn.Module, prep: dict[str, Any]) -> GraphPlan:
-    module = CachedLM(model).eval()
+    module = GPTWithCache(model).eval()
     ctx, L, H, Dh, V = _gpt_geometry(model)
     example = _gpt_example(L, H, Dh, V)
     rows, where = held_out(ckpt.meta, rows=8)

@@ -74,26 +74,6 @@ class TextEmbedder(nn.Module):
         return nn.functional.normalize(pooled, p=2.0, dim=1)  # (B, D)
 
 
-class CachedLM(nn.Module):
-    """The GPT's explicit-KV-cache step: one graph for prefill (P = 0) and decode."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        position_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        past_key: torch.Tensor,
-        past_value: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.model.forward_cached(  # type: ignore[operator]
-            input_ids, position_ids, attention_mask, past_key, past_value
-        )  # logits (B, T, V), present key / value (L, B, H, P+T, Dh)
-
-
 class ImageOutput(nn.Module):
     """latent (B, Z) -> images (B, C, H, W) in [0, 1], whatever range the generator emits.
 

@@ -74,12 +74,18 @@ def split_windows(
     ]
 
 
+def _finite_and_mean(values: Sequence[float]) -> tuple[list[float], float] | None:
+    """The non-NaN values and their mean; None when fewer than two are left."""
+    finite = [v for v in values if not math.isnan(v)]
+    return (finite, sum(finite) / len(finite)) if len(finite) >= 2 else None
+
+
 def spread(values: Sequence[float]) -> float:
     """(max - min) / mean, as a fraction; 0 for one value, inf when the mean is 0 but values differ."""
-    finite = [v for v in values if not math.isnan(v)]
-    if len(finite) < 2:
+    found = _finite_and_mean(values)
+    if found is None:
         return 0.0
-    mean = sum(finite) / len(finite)
+    finite, mean = found
     if mean == 0:
         return 0.0 if max(finite) == min(finite) else math.inf
     return (max(finite) - min(finite)) / mean
@@ -87,10 +93,10 @@ def spread(values: Sequence[float]) -> float:
 
 def max_deviation(values: Sequence[float]) -> float:
     """Largest |v - mean| / mean, as a fraction (the quantity compared to the tolerance)."""
-    finite = [v for v in values if not math.isnan(v)]
-    if len(finite) < 2:
+    found = _finite_and_mean(values)
+    if found is None:
         return 0.0
-    mean = sum(finite) / len(finite)
+    finite, mean = found
     if mean == 0:
         return 0.0 if max(finite) == min(finite) else math.inf
     return max(abs(v - mean) for v in finite) / mean

@@ -22,34 +22,19 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from export.schema import ModelSpec, TensorSpec, Variant
 from handlers.base import Handler, InvalidInputError, Request, TensorRequest, Tensors
 from service.app import create_app
 from service.metrics import Metrics
 from service.registry import Registry
 from service.settings import Settings
+from tests.service.fakes import make_spec
 
 BUG, BAD, HANG = 666.0, 777.0, 888.0
 
 
-def fake_spec(name: str, max_batch_size: int = 16) -> ModelSpec:
-    return ModelSpec(
-        name=name,
-        version=1,
-        task="regression",
-        architecture="fake",
-        inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 3])],
-        outputs=[TensorSpec(name="total", datatype="FP32", shape=[-1, 1])],
-        max_batch_size=max_batch_size,
-        variants=[Variant(file="none", format="onnx", precision="fp32", usable=True)],
-        created="2026-01-01T00:00:00Z",
-        torch_version="test",
-    )
-
-
 class FaultyHandler(Handler):
     def __init__(self, name: str, hold: threading.Event | None = None) -> None:
-        super().__init__(fake_spec(name))
+        super().__init__(make_spec(name, max_batch_size=16))
         self.release = threading.Event()
         self.hang_s = 10.0  # a HANG row blocks at most this long
         self.hanging = threading.Event()  # set while a HANG row blocks

@@ -99,7 +99,7 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     http_task = asyncio.create_task(http.serve())
     log.info("serving %s: HTTP %s:%d, gRPC %s", settings.model_store, settings.host, settings.http_port,
-             f"{settings.host}:{settings.grpc_port}" if grpc_server else "off")  # fmt: skip
+             f"{settings.host}:{settings.grpc_port} ({grpc_server.front})" if grpc_server else "off")  # fmt: skip
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({http_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if http_task.done():  # uvicorn could not start (port taken, ...)

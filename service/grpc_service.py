@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import numpy as np
@@ -131,9 +131,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             with inference.RequestTracker(self.registry, request.model_name, "v2-grpc"):
                 self._check(context)
                 decoded = grpc_codec.decode_request(request)
+                # the client's deadline: work still queued when it passes is never computed
                 result = await inference.infer(
-                    self.registry, request.model_name, request.model_version, decoded
-                )
+                    self.registry, request.model_name, request.model_version, decoded,
+                    deadline_s=context.time_remaining(),
+                )  # fmt: skip
             return grpc_codec.encode_response(result)
         except Exception as exc:
             await _abort(context, exc)
@@ -189,16 +191,51 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             yield pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_response(result, extra))
 
 
-def create_grpc_server(registry: Registry, settings: Settings, state: ServerState) -> grpc.aio.Server:
-    server = grpc.aio.server(
-        options=[
-            # the HTTP body limit applies here too: grpc refuses bigger messages before decoding
-            ("grpc.max_receive_message_length", min(settings.max_body_bytes, MAX_MESSAGE)),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-        ]
-    )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(registry, settings, state), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-    if port == 0:
-        raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
-    return server
+class GrpcServer(Protocol):
+    """What ``serve`` needs of a gRPC server: grpc.aio's and the native front's share it."""
+
+    front: str  # which one, for the log
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float | None) -> None: ...
+
+
+def create_grpc_server(registry: Registry, settings: Settings, state: ServerState) -> GrpcServer:
+    """The native C++ front when it is built (``grpc_front``: auto / native), else grpc.aio."""
+    from service.grpc_native import NativeGrpcServer, native_front_available
+
+    servicer = InferenceServicer(registry, settings, state)
+    address = f"{settings.host}:{settings.grpc_port}"
+    # the HTTP body limit applies here too: grpc refuses bigger messages before decoding
+    max_receive = min(settings.max_body_bytes, MAX_MESSAGE)
+    if settings.grpc_front == "native" or (settings.grpc_front == "auto" and native_front_available()):
+        return NativeGrpcServer(servicer, address, max_receive, settings.grpc_threads)
+    if settings.grpc_front == "auto":
+        log.warning("the native gRPC front is not built (see README, 'gRPC front'); using grpc.aio")
+    return _AioServer(servicer, address, max_receive)
+
+
+class _AioServer:
+    """grpc.aio, binding at ``start`` like the native front does."""
+
+    front = "grpc.aio"
+
+    def __init__(self, servicer: InferenceServicer, address: str, max_receive: int) -> None:
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_receive),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.so_reuseport", 0),  # a taken port must fail, not split the traffic
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        self._address = address
+
+    async def start(self) -> None:
+        if self._server.add_insecure_port(self._address) == 0:
+            raise OSError(f"cannot bind gRPC on {self._address}")
+        await self._server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self._server.stop(grace)

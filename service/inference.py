@@ -139,15 +139,21 @@ def _timeout(parameters: dict[str, Any], default: float) -> float:
     return min(float(value) / 1e6, MAX_TIMEOUT_S)
 
 
-async def infer(registry: Registry, name: str, version: str | None, request: InferRequest) -> InferResult:
+async def infer(
+    registry: Registry, name: str, version: str | None, request: InferRequest, deadline_s: float | None = None
+) -> InferResult:
+    """``deadline_s``: the transport's own deadline (gRPC's), which caps the request's timeout."""
     entry = registry.get(name, version)
     handler, batcher = entry.handler, entry.batcher
     assert handler is not None and batcher is not None
     tensor_request = TensorRequest(request.tensors, request.outputs, request.parameters)
+    timeout = _timeout(request.parameters, batcher.default_timeout)
+    if deadline_s is not None:
+        timeout = min(timeout, deadline_s)
     t0 = time.perf_counter_ns()
     item = handler.preprocess(tensor_request)
     t1 = time.perf_counter_ns()
-    outputs = await batcher.submit(item, timeout=_timeout(request.parameters, batcher.default_timeout))
+    outputs = await batcher.submit(item, timeout=timeout)
     t2 = time.perf_counter_ns()
     served = handler.postprocess(outputs, tensor_request)  # v2: the served tensors, restricted
     if not isinstance(served, dict):  # a handler whose postprocess answers in JSON only

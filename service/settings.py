@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     grpc_port: int = Field(default=8001, ge=0, le=65535, description="0 disables the gRPC server")
     enable_grpc: bool = True
+    grpc_front: Literal["auto", "native", "aio"] = Field(
+        default="auto",
+        description="native: the C++ front (service/native, built when libgrpc++ is present), which "
+        "takes gRPC framing off the event loop and hands concurrent calls over together; aio: grpcio's "
+        "grpc.aio; auto: native when built",
+    )
+    grpc_threads: int = Field(default=1, ge=1, description="completion-queue threads of the native front")
 
     # batching defaults (a model's own max_batch_size from model.json caps max_batch_size)
     max_batch_size: int = Field(default=32, ge=1, description="rows per executed batch, at most")

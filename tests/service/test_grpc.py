@@ -1,4 +1,4 @@
-"""The gRPC transport in-process: grpc.aio server over a fake registry, tritonclient's aio client."""
+"""The gRPC transport in-process on both fronts (native C++, grpc.aio): fake registry, tritonclient aio."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
 from prometheus_client import CollectorRegistry
 
+from service.grpc_native import native_front_available
 from service.grpc_service import create_grpc_server
 from service.metrics import Metrics
 from service.registry import Registry
@@ -28,9 +29,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def grpc_env(tmp_path: Path) -> AsyncIterator[tuple[triton_aio.InferenceServerClient, ServerState]]:
-    settings = Settings(model_store=tmp_path, grpc_port=_free_port())
+def front_params() -> list[Any]:
+    """Both gRPC fronts; the native one skips where it is not built (CI requires it)."""
+    return [
+        pytest.param("native", marks=pytest.mark.skipif(
+            not native_front_available(), reason="native gRPC front not built (needs libgrpc++-dev)"
+        )),
+        "aio",
+    ]  # fmt: skip
+
+
+@pytest_asyncio.fixture(loop_scope="function", params=front_params())
+async def grpc_env(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[triton_aio.InferenceServerClient, ServerState]]:
+    settings = Settings(model_store=tmp_path, grpc_port=_free_port(), grpc_front=request.param)
     registry = Registry(settings, Metrics(CollectorRegistry()))
     await registry.add_handler(SumHandler())
     await registry.add_handler(make_generation_handler(), engine=FakeEngine())

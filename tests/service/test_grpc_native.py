@@ -1,0 +1,244 @@
+"""The native gRPC front (service/native/grpc_front.cc) under what clients do to it: bursts,
+deadlines, cancellation, oversized and unknown calls, shutdown with calls in flight.
+
+Each test also checks the front's bookkeeping: once the clients are done, no call is left in the
+C++ call table and no task in Python, so nothing leaks per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import pytest_asyncio
+import tritonclient.grpc as triton_grpc
+import tritonclient.grpc.aio as triton_aio
+from prometheus_client import CollectorRegistry
+from tritonclient.grpc import service_pb2 as pb
+
+from service.grpc_native import NativeGrpcServer, native_front_available
+from service.grpc_service import create_grpc_server
+from service.metrics import Metrics
+from service.registry import Registry
+from service.settings import Settings
+from service.state import ServerState
+from tests.service.fakes import FakeEngine, SumHandler, make_generation_handler
+
+pytestmark = pytest.mark.skipif(not native_front_available(), reason="native gRPC front not built")
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Env:
+    def __init__(self, server: NativeGrpcServer, handler: SumHandler, target: str) -> None:
+        self.server, self.handler, self.target = server, handler, target
+
+    async def settled(self) -> None:
+        """Wait until the front holds no call and Python no task (what every test ends with)."""
+        front = self.server._front
+        for _ in range(200):
+            if front.active_calls() == 0 and not self.server._tasks and not self.server._streams:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"leaked: {front.active_calls()} calls, {len(self.server._tasks)} tasks")
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    settings = Settings(
+        model_store=tmp_path, grpc_port=_free_port(), grpc_front="native", max_body_bytes=64 * 1024
+    )
+    registry = Registry(settings, Metrics(CollectorRegistry()))
+    handler = SumHandler()
+    await registry.add_handler(handler)
+    await registry.add_handler(make_generation_handler(), engine=FakeEngine())
+    registry.loading_done = True
+    server = create_grpc_server(registry, settings, ServerState())
+    assert isinstance(server, NativeGrpcServer)
+    await server.start()
+    try:
+        yield Env(server, handler, f"127.0.0.1:{settings.grpc_port}")
+    finally:
+        handler.release.set()
+        await server.stop(0)
+        await registry.stop(1.0)
+
+
+def _request(rows: np.ndarray, model: str = "sum") -> bytes:
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="x", datatype="FP32", shape=list(rows.shape))
+    request.raw_input_contents.append(rows.astype(np.float32).tobytes())
+    return request.SerializeToString()
+
+
+def _stub(channel: grpc.aio.Channel, method: str = INFER) -> Any:
+    return channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+
+
+async def test_a_burst_of_calls_reaches_the_batcher_together(env: Env) -> None:
+    env.handler.release.clear()  # hold the model so the burst queues up behind the first batch
+    client = triton_aio.InferenceServerClient(env.target)
+    rows = np.arange(3, dtype=np.float32).reshape(1, 3)
+    x = triton_grpc.InferInput("x", [1, 3], "FP32")
+    x.set_data_from_numpy(rows)
+    calls = [asyncio.ensure_future(client.infer("sum", [x], request_id=str(i))) for i in range(64)]
+    await asyncio.sleep(0.3)
+    env.handler.release.set()
+    results = await asyncio.gather(*calls)
+    await client.close()
+    assert sorted(r.get_response().id for r in results) == sorted(str(i) for i in range(64))
+    assert all(r.as_numpy("total")[0, 0] == 3.0 for r in results)
+    assert max(env.handler.batches) == 8  # the model's max batch size: calls were batched, not serial
+    await env.settled()
+
+
+async def test_unknown_method_and_garbage_request(env: Env) -> None:
+    async with grpc.aio.insecure_channel(env.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await _stub(channel, "/inference.GRPCInferenceService/NoSuchMethod")(b"")
+        assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with pytest.raises(grpc.aio.AioRpcError) as other_service:
+            await _stub(channel, "/grpc.health.v1.Health/Check")(b"")
+        assert other_service.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with pytest.raises(grpc.aio.AioRpcError) as garbage:
+            await _stub(channel)(b"\xff\xff\xff not a protobuf")
+        assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ModelInferRequest" in (garbage.value.details() or "")
+        assert await _stub(channel)(_request(np.ones((1, 3))))  # still serving
+    await env.settled()
+
+
+async def test_message_over_the_body_limit_is_refused_before_python(env: Env) -> None:
+    big = _request(np.ones((8, 4096)))  # 128 KiB, over the 64 KiB limit
+    async with grpc.aio.insecure_channel(env.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _stub(channel)(big)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await _stub(channel)(_request(np.ones((1, 3))))
+    assert env.handler.batches == [1]
+    await env.settled()
+
+
+async def test_client_deadline_drops_queued_work(env: Env) -> None:
+    env.handler.release.clear()  # the model is stuck on a first batch
+    async with grpc.aio.insecure_channel(env.target) as channel:
+        stub = _stub(channel)
+        first = asyncio.ensure_future(stub(_request(np.ones((8, 3))), timeout=10))
+        await asyncio.sleep(0.1)
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await stub(_request(np.full((1, 3), 2.0)), timeout=0.2)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        env.handler.release.set()
+        assert await first
+        await env.settled()
+    # the expired call was never computed: only the first batch (8 rows in one item) ran
+    assert env.handler.batches == [1]
+
+
+async def test_cancelled_call_frees_its_task(env: Env) -> None:
+    env.handler.release.clear()
+    async with grpc.aio.insecure_channel(env.target) as channel:
+        call = _stub(channel)(_request(np.ones((1, 3))))
+        await asyncio.sleep(0.2)
+        assert len(env.server._tasks) == 1
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        for _ in range(100):
+            if not env.server._tasks:
+                break
+            await asyncio.sleep(0.01)
+        assert not env.server._tasks
+        env.handler.release.set()
+        assert await _stub(channel)(_request(np.ones((1, 3))))
+    await env.settled()
+
+
+async def test_authorization_metadata_reaches_the_servicer(tmp_path: Path) -> None:
+    port = _free_port()
+    settings = Settings(model_store=tmp_path, grpc_port=port, grpc_front="native", auth_token="s3cret")
+    registry = Registry(settings, Metrics(CollectorRegistry()))
+    await registry.add_handler(SumHandler())
+    registry.loading_done = True
+    server = create_grpc_server(registry, settings, ServerState())
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await _stub(channel)(_request(np.ones((1, 3))), metadata=(("authorization", "Bearer nope"),))
+            assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            ok = await _stub(channel)(
+                _request(np.ones((1, 3))), metadata=(("authorization", "Bearer s3cret"), ("x-bin", b"\x00"))
+            )
+            assert pb.ModelInferResponse.FromString(ok).model_name == "sum"
+    finally:
+        await server.stop(0)
+        await registry.stop(1.0)
+
+
+async def test_streams_interleave_and_end_cleanly(env: Env) -> None:
+    client = triton_aio.InferenceServerClient(env.target)
+
+    async def one_stream(prompt: bytes) -> str:
+        text = triton_grpc.InferInput("text_input", [1], "BYTES")
+        text.set_data_from_numpy(np.array([prompt], dtype=object))
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": "gen", "inputs": [text], "parameters": {"max_tokens": 32}}
+
+        out = []
+        async for result, error in client.stream_infer(requests()):
+            assert error is None
+            out.append(result.as_numpy("text_output")[0].decode())
+        return "".join(out)
+
+    prompts = [f"prompt-{i}".encode() for i in range(12)]
+    texts = await asyncio.gather(*(one_stream(p) for p in prompts))
+    assert texts == [p.decode()[::-1] for p in prompts]
+    await client.close()
+    await env.settled()
+
+
+async def test_stop_lets_calls_in_flight_finish_within_the_grace(env: Env) -> None:
+    env.handler.release.clear()
+    async with grpc.aio.insecure_channel(env.target) as channel:
+        call = asyncio.ensure_future(_stub(channel)(_request(np.ones((1, 3)))))
+        await asyncio.sleep(0.2)
+        stopping = asyncio.ensure_future(env.server.stop(5.0))
+        await asyncio.sleep(0.2)
+        env.handler.release.set()
+        answer = pb.ModelInferResponse.FromString(await call)
+        assert answer.model_name == "sum"
+        await stopping
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _stub(channel)(_request(np.ones((1, 3))), timeout=2)
+        assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+async def test_stop_cancels_what_outlives_the_grace(env: Env) -> None:
+    env.handler.release.clear()
+    async with grpc.aio.insecure_channel(env.target) as channel:
+        call = asyncio.ensure_future(_stub(channel)(_request(np.ones((1, 3)))))
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(env.server.stop(0.2), 5)
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await call
+        assert cut.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        assert not env.server._tasks
+
+
+async def test_a_taken_port_fails_loudly(env: Env) -> None:
+    second = NativeGrpcServer(env.server._routes[0].handler.__self__, env.target, 1 << 20, 1)
+    with pytest.raises(OSError, match="cannot bind"):
+        await second.start()

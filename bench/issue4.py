@@ -6,7 +6,8 @@
 2. ResNet-18-shaped 3x224x224 classifier: binary tensors over HTTP at 32 clients, beside the
    in-process ONNX Runtime ceiling measured in the same run;
 3. tiny MLP: JSON over HTTP and gRPC at 1, 8 and 32 clients, beside a naive FastAPI endpoint
-   serving the same file (same request bytes);
+   serving the same file (same request bytes), then perf_analyzer on both protocols (when
+   bench/tools/install_perf_analyzer.sh installed it): the gRPC-vs-HTTP verdict is its;
 then checks the issue's targets and writes REPORT.md (table, verdicts, exact commands) in --out.
 """
 
@@ -61,26 +62,72 @@ def _verdicts(resnet: dict[str, Any], mlp: dict[str, Any]) -> list[Verdict]:
                 ratio >= 1.3,
             )
         )
-    for level in (1, 32):
-        g, h = pick(mlp, "deepserve grpc", level), pick(mlp, "deepserve http/json", level)
-        if g is not None and h is not None:
-            out.append(
-                Verdict(
-                    f"MLP @{level}: gRPC no slower than HTTP",
-                    f"gRPC {g.rps:,.0f} vs HTTP {h.rps:,.0f} req/s",
-                    g.rps >= 0.95 * h.rps,
-                )
-            )
+    out += _grpc_verdicts(mlp)
     ready = (mlp.get("server") or {}).get("ready_s")
     if ready is not None:
         out.append(Verdict("server ready within 3 s (bench store)", f"{ready:.2f} s", ready <= 3.0))
     return out
 
 
+def _pa_rows(doc: dict[str, Any]) -> dict[tuple[str, float], dict[str, Any]]:
+    rows = (doc.get("perf_analyzer") or {}).get("rows") or []
+    return {(r["run"], r["level"]): r for r in rows}
+
+
+def _grpc_verdicts(mlp: dict[str, Any]) -> list[Verdict]:
+    """gRPC against HTTP with one client binary for both: perf_analyzer (C++), when installed.
+
+    Our own load generators are not a fair judge here: the HTTP one costs a few microseconds of
+    Python per request, the gRPC one (grpc.aio) ~150 us, on the same 2 cores as the server. Their
+    figures stay in the table, with the client's CPU beside them. 5% is the noise allowance.
+    """
+    out: list[Verdict] = []
+    pa = _pa_rows(mlp)
+    for level in (1, 8, 32):
+        g, h = pa.get(("perf_analyzer grpc/binary", level)), pa.get(("perf_analyzer http/json", level))
+        if g is not None and h is not None:
+            ratio = g["infer_per_s"] / h["infer_per_s"]
+            out.append(Verdict(
+                f"MLP @{level}: gRPC no slower than HTTP (perf_analyzer drives both)",
+                f"gRPC {g['infer_per_s']:,.0f} vs HTTP JSON {h['infer_per_s']:,.0f} infer/s ({ratio:.2f}x)"
+                + ("" if g["stable"] and h["stable"] else " (a window did not settle)"),
+                ratio >= 0.95,
+            ))  # fmt: skip
+    for level in (1, 32):
+        g, h = pick(mlp, "deepserve grpc", level), pick(mlp, "deepserve http/json", level)
+        if g is not None and h is not None and not out:  # no perf_analyzer: ours is all there is
+            out.append(
+                Verdict(
+                    f"MLP @{level}: gRPC no slower than HTTP (our generators; install perf_analyzer)",
+                    f"gRPC {g.rps:,.0f} vs HTTP {h.rps:,.0f} req/s",
+                    g.rps >= 0.95 * h.rps,
+                )
+            )
+    return out
+
+
+def _pa_table(doc: dict[str, Any]) -> str:
+    pa = doc.get("perf_analyzer") or {}
+    if not pa.get("rows"):
+        return f"perf_analyzer: {pa.get('message') or 'not run'}\n"
+    lines = [f"perf_analyzer ({pa.get('binary')}): same server, same rows, protocols in turn per level.", ""]
+    lines += ["| run | clients | infer/s | p50 ms | p99 ms | stable |", "|---|---|---|---|---|---|"]
+    def ms(value: float | None) -> str:
+        return "-" if value is None or value != value else f"{value:.2f}"
+
+    for r in pa["rows"]:
+        lines.append(
+            f"| {r['run']} | {r['level']:g} | {r['infer_per_s']:,.1f} | {ms(r.get('p50_ms'))} "
+            f"| {ms(r.get('p99_ms'))} | {'yes' if r['stable'] else 'no (last window)'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def render(resnet: dict[str, Any], mlp: dict[str, Any], command: str, page_dir: Path) -> str:
     lines = ["## Issue 4 performance (bench models)", "", f"One run: `{command}`", ""]
     lines += [section("ResNet-18-shaped classifier, 3x224x224, binary tensors", resnet, page_dir)]
     lines += [section("Tiny MLP 64-512-256-10, JSON", mlp, page_dir)]
+    lines += [_pa_table(mlp)]
     lines += ["### Issue-4 targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {v.target} | {v.measured} | {'yes' if v.ok else 'NO'} |" for v in _verdicts(resnet, mlp)]
     return "\n".join(lines) + "\n"
@@ -123,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             "--concurrency",
             "1,8,32",
             "--naive",
+            "--perf-analyzer",
             "--out",
             str(args.out / "mlp"),
         ]

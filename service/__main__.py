@@ -98,8 +98,9 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     http_task = asyncio.create_task(http.serve())
+    grpc_at = f"{settings.host}:{settings.grpc_port} ({grpc_server.front} front)" if grpc_server else "off"
     log.info("serving %s: HTTP %s:%d, gRPC %s", settings.model_store, settings.host, settings.http_port,
-             f"{settings.host}:{settings.grpc_port} ({grpc_server.front})" if grpc_server else "off")  # fmt: skip
+             grpc_at)  # fmt: skip
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({http_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if http_task.done():  # uvicorn could not start (port taken, ...)

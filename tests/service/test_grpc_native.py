@@ -119,6 +119,17 @@ async def test_unknown_method_and_garbage_request(env: Env) -> None:
     await env.settled()
 
 
+async def test_compressed_requests_are_decompressed_by_the_front(env: Env) -> None:
+    client = triton_aio.InferenceServerClient(env.target)
+    x = triton_grpc.InferInput("x", [1, 3], "FP32")
+    x.set_data_from_numpy(np.array([[1.0, 2.0, 3.0]], np.float32))
+    for algorithm in (None, "gzip", "deflate"):  # tritonclient's compression_algorithm choices
+        result = await client.infer("sum", [x], compression_algorithm=algorithm)
+        assert result.as_numpy("total")[0, 0] == 6.0
+    await client.close()
+    await env.settled()
+
+
 async def test_message_over_the_body_limit_is_refused_before_python(env: Env) -> None:
     big = _request(np.ones((8, 4096)))  # 128 KiB, over the 64 KiB limit
     async with grpc.aio.insecure_channel(env.target) as channel:

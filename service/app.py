@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from starlette.responses import Response
 
 from service import routes_openai, routes_torchserve, routes_v2
+from service.http_boundary import ErrorBoundaryMiddleware
 from service.http_errors import install_error_handlers
 from service.http_fastpath import FastInferMiddleware
 from service.http_guard import GuardMiddleware
@@ -68,6 +69,7 @@ def create_app(
 
     app.add_middleware(FastInferMiddleware, registry=registry)  # inner: runs after the guard
     app.add_middleware(GuardMiddleware, settings=settings, state=server_state)
+    app.add_middleware(ErrorBoundaryMiddleware)  # outermost of ours: catches what the others raise
     return app
 
 

@@ -6,6 +6,8 @@ Handlers raise ``handlers.base.HandlerError`` subclasses (they never import ``se
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from handlers.base import HandlerError
@@ -73,6 +75,16 @@ class ManagementDisabledError(DeepserveError):
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class ClientClosedError(DeepserveError):
+    """The client left first: disconnected, cancelled the call, or let its deadline pass.
+
+    499 (nginx's "client closed request") keeps these out of the 5xx that page someone.
+    """
+
+    status = 499
+    grpc_code = grpc.StatusCode.CANCELLED
+
+
 class InternalError(DeepserveError):
     """A bug or a runtime failure the client cannot fix; the log has the traceback."""
 
@@ -90,6 +102,8 @@ def as_deepserve_error(exc: BaseException) -> DeepserveError:
     """The one mapping from any exception to a typed service error."""
     if isinstance(exc, DeepserveError):
         return exc
+    if isinstance(exc, asyncio.CancelledError):  # the transport gave up on the request
+        return ClientClosedError("the client went away before the answer")
     if isinstance(exc, HandlerError):
         cls = _HANDLER_CLASSES.get(exc.status, InternalError)
         err = cls(str(exc) or type(exc).__name__)

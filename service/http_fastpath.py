@@ -12,7 +12,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import inference
-from service.errors import InvalidRequestError
+from service.errors import ClientClosedError, InvalidRequestError
 from service.http_errors import error_response
 from service.registry import Registry
 from service.v2_codec import decode_request, encode_response, parse_header_length
@@ -79,7 +79,7 @@ async def _read_body(receive: Receive) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise InvalidRequestError("client disconnected before sending the whole body")
+            raise ClientClosedError("client disconnected before sending the whole body")
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

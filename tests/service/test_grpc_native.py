@@ -8,6 +8,7 @@ C++ call table and no task in Python, so nothing leaks per call.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -41,8 +42,9 @@ def _free_port() -> int:
 
 
 class Env:
-    def __init__(self, server: NativeGrpcServer, handler: SumHandler, target: str) -> None:
+    def __init__(self, server: NativeGrpcServer, handler: SumHandler, target: str, registry: Registry):
         self.server, self.handler, self.target = server, handler, target
+        self.registry = registry
 
     async def settled(self) -> None:
         """Wait until the front holds no call and Python no task (what every test ends with)."""
@@ -68,7 +70,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     assert isinstance(server, NativeGrpcServer)
     await server.start()
     try:
-        yield Env(server, handler, f"127.0.0.1:{settings.grpc_port}")
+        yield Env(server, handler, f"127.0.0.1:{settings.grpc_port}", registry)
     finally:
         handler.release.set()
         await server.stop(0)
@@ -174,6 +176,11 @@ async def test_cancelled_call_frees_its_task(env: Env) -> None:
         env.handler.release.set()
         assert await _stub(channel)(_request(np.ones((1, 3))))
     await env.settled()
+    # the client left: counted as 499, never as a server error that would fire the 5xx alert
+    metrics = env.registry.metrics.render().decode()
+    lines = [line for line in metrics.splitlines() if line.startswith("deepserve_requests_total{")]
+    codes = {re.search(r'code="(\d+)"', line)[1]: line.split()[-1] for line in lines if 'model="sum"' in line}  # type: ignore[index]
+    assert codes == {"200": "1.0", "499": "1.0"}, lines
 
 
 async def test_authorization_metadata_reaches_the_servicer(tmp_path: Path) -> None:

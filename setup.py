@@ -1,4 +1,4 @@
-"""The one compiled piece: the native gRPC front (service/native/grpc_front.cc -> service._grpc_front).
+"""The compiled pieces: the native gRPC front (service/native) and the bench's gRPC client (bench/native).
 
 Built when pkg-config finds grpc++ (Debian/Ubuntu: ``apt-get install libgrpc++-dev pkg-config``).
 Without it the package still installs and the server serves gRPC with grpc.aio instead.
@@ -37,14 +37,19 @@ def native_extensions() -> list[Pybind11Extension]:
     # RPATH (not RUNPATH, so it also covers gRPC's own dependencies) to a folder next to the module:
     # the Docker image copies the shared libraries there; elsewhere it is absent and ignored.
     rpath = ["-Wl,--disable-new-dtags", "-Wl,-rpath,$ORIGIN/_grpc_front_libs"]
+    # the server's front, and the bench's gRPC load generator on the same library
     return [
         Pybind11Extension(
-            "service._grpc_front",
-            ["service/native/grpc_front.cc"],
+            module,
+            [source],
             cxx_std=17,
             extra_compile_args=[*cflags, "-O2"],
             extra_link_args=[*libs, *rpath],
         )
+        for module, source in [
+            ("service._grpc_front", "service/native/grpc_front.cc"),
+            ("bench._grpc_load", "bench/native/grpc_load.cc"),
+        ]
     ]
 
 

@@ -88,10 +88,10 @@ def _loader(target: Target) -> Any:
 
         return HttpLoad(target.host, target.port, target.requests)
     if target.kind == "grpc":
-        from bench.grpc_load import GrpcLoad
+        from bench.grpc_load import make_grpc_load
 
         assert target.grpc_target, "a gRPC target needs grpc_target host:port"
-        return GrpcLoad(target.grpc_target, target.requests)
+        return make_grpc_load(target.grpc_target, target.requests)
     if target.kind == "sse":
         from bench.sse_load import SseLoad
 

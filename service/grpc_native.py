@@ -22,13 +22,15 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from service.grpc_service import InferenceServicer
 
 log = logging.getLogger(__name__)
 _SERVICE = "inference.GRPCInferenceService"
-_OK, _INVALID, _INTERNAL = (c.value[0] for c in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT,
-                                                 grpc.StatusCode.INTERNAL))  # fmt: skip
+_OK, _INVALID, _INTERNAL, _CANCELLED = (c.value[0] for c in (
+    grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED
+))  # fmt: skip
 
 
 def native_front_available() -> bool:
@@ -76,9 +78,12 @@ def _routes(servicer: InferenceServicer) -> list[_Route]:
     """Every unary and bidirectional method of the service that the servicer implements."""
     routes = []
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
-        handler = getattr(servicer, method.name, None)
-        if handler is None or method.client_streaming != method.server_streaming:
-            continue  # not implemented here, or a one-sided stream (the service has none)
+        implemented = getattr(type(servicer), method.name, None)
+        if implemented is None or implemented is getattr(pb_grpc.GRPCInferenceServiceServicer, method.name):
+            continue  # the generated base (shared memory, trace, logging): the front says UNIMPLEMENTED
+        if method.client_streaming != method.server_streaming:
+            continue  # a one-sided stream (the service has none)
+        handler = getattr(servicer, method.name)
         path = f"/{_SERVICE}/{method.name}"
         routes.append(_Route(path, handler, getattr(pb, method.input_type.name), method.client_streaming))
     return routes
@@ -140,6 +145,7 @@ class NativeGrpcServer:
                     queue.put_nowait(payload)  # None at the half-close ends the request stream
             elif kind == CANCELLED:
                 task = self._tasks.pop(call, None)
+                self._streams.pop(call, None)  # a task cancelled before its first step has no finally
                 if task is not None:
                     task.cancel()
 
@@ -168,11 +174,20 @@ class NativeGrpcServer:
             front.finish(call, exc.code.value[0], exc.details, self._defer())
         except DecodeError as exc:
             front.finish(call, _INVALID, f"cannot parse the {route.request.__name__}: {exc}")
+        except asyncio.CancelledError:
+            self._cancelled(front, call)
+            raise
         except Exception:
             log.exception("unexpected error in %s", route.path)
             front.finish(call, _INTERNAL, "internal error; see the server log")
         finally:
             self._tasks.pop(call, None)
+
+    def _cancelled(self, front: Any, call: int) -> None:
+        """A task cancelled by anything but the client (which removed it from ``_tasks`` first)
+        still owes its call an answer."""
+        if call in self._tasks and self._front is not None:
+            front.finish(call, _CANCELLED, "the server cancelled the call")
 
     async def _stream(
         self, front: Any, call: int, route: _Route, queue: asyncio.Queue[bytes | None], context: _Context
@@ -189,6 +204,9 @@ class NativeGrpcServer:
             front.finish(call, exc.code.value[0], exc.details)
         except DecodeError as exc:
             front.finish(call, _INVALID, f"cannot parse a {route.request.__name__}: {exc}")
+        except asyncio.CancelledError:
+            self._cancelled(front, call)
+            raise
         except Exception:
             log.exception("unexpected error in %s", route.path)
             front.finish(call, _INTERNAL, "internal error; see the server log")

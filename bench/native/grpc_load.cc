@@ -78,6 +78,7 @@ class Load {
   }
 
   void StartClosed(int concurrency) {
+    Starting();
     closed_loop_ = true;
     running_ = true;
     for (int i = 0; i < concurrency; ++i) Issue(now_s());
@@ -85,6 +86,7 @@ class Load {
 
   void StartOpen(double rate, uint64_t seed) {
     if (rate <= 0) throw std::invalid_argument("rate must be positive");
+    Starting();
     running_ = true;
     scheduler_ = std::thread([this, rate, seed] {
       std::mt19937_64 rng(seed);
@@ -98,6 +100,11 @@ class Load {
         at += gap(rng);
       }
     });
+  }
+
+  void Starting() {
+    if (started_) throw std::logic_error("a Load runs once: make a new one for the next level");
+    started_ = true;
   }
 
   py::list Drain() {
@@ -122,7 +129,10 @@ class Load {
   }
 
   void Stop() {
-    running_ = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      running_ = false;  // under mu_: the completion thread decides to reissue under it too
+    }
     if (scheduler_.joinable()) {
       py::gil_scoped_release release;
       scheduler_.join();
@@ -133,13 +143,13 @@ class Load {
   }
 
  private:
-  void Issue(double start) {
+  void Issue(double start, bool counted = false) {
     auto* call = new Call;
     call->start = start;
     call->ctx.set_deadline(std::chrono::system_clock::now() +
                            std::chrono::microseconds(static_cast<int64_t>(timeout_s_ * 1e6)));
     size_t i = next_request_.fetch_add(1) % requests_.size();
-    {
+    if (!counted) {
       std::lock_guard<std::mutex> lock(mu_);
       in_flight_++;
     }
@@ -155,6 +165,7 @@ class Load {
       auto* call = static_cast<Call*>(tag);
       double end = now_s();
       int code = static_cast<int>(call->status.error_code());
+      bool again = false;
       {
         std::lock_guard<std::mutex> lock(mu_);
         done_.emplace_back(call->start, end, code);
@@ -166,11 +177,16 @@ class Load {
         } else if (code != 0 && errors_.count(code) == 0) {
           errors_[code] = call->status.error_message();
         }
-        in_flight_--;
-        if (in_flight_ == 0) idle_.notify_all();
+        // closed loop: the slot goes to the next call at once; decided under mu_ so that stop()
+        // never sees zero in flight while a call is about to be issued
+        again = running_ && closed_loop_;
+        if (!again) {
+          in_flight_--;
+          if (in_flight_ == 0) idle_.notify_all();
+        }
       }
       delete call;
-      if (running_ && closed_loop_) Issue(now_s());  // closed loop: the next call at once
+      if (again) Issue(now_s(), /*counted=*/true);
     }
   }
 
@@ -183,6 +199,7 @@ class Load {
   std::thread thread_, scheduler_;
   std::atomic<bool> running_{false};
   std::atomic<bool> closed_loop_{false};
+  bool started_ = false;
   std::atomic<size_t> next_request_{0};
 
   std::mutex mu_;

@@ -199,16 +199,23 @@ class Front {
   }
 
   py::tuple Metadata(uint64_t id) {
-    std::lock_guard<std::mutex> lock(mu_);
-    Call* call = Find(id);
-    if (call == nullptr) return py::tuple();
+    std::vector<std::pair<std::string, std::string>> copied;
+    {
+      // copied under the lock, turned into Python objects after it: an allocation may run the
+      // garbage collector, which may let another thread take the GIL and then wait for mu_
+      std::lock_guard<std::mutex> lock(mu_);
+      Call* call = Find(id);
+      if (call == nullptr) return py::tuple();
+      for (const auto& [key, value] : call->ctx.client_metadata()) {
+        copied.emplace_back(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+      }
+    }
     py::list pairs;
-    for (const auto& [key, value] : call->ctx.client_metadata()) {
-      std::string k(key.data(), key.size());
-      if (ends_with(k, "-bin")) {  // binary metadata, by gRPC's naming rule
-        pairs.append(py::make_tuple(k, py::bytes(value.data(), value.size())));
+    for (const auto& [key, value] : copied) {
+      if (ends_with(key, "-bin")) {  // binary metadata, by gRPC's naming rule
+        pairs.append(py::make_tuple(key, py::bytes(value)));
       } else {
-        pairs.append(py::make_tuple(k, py::str(value.data(), value.size())));
+        pairs.append(py::make_tuple(key, py::str(value)));
       }
     }
     return py::tuple(pairs);
@@ -332,9 +339,13 @@ class Front {
     if (!ok) {
       if (call->started) {
         Push({call->id, kHalfClose, call->method, -1.0, {}});
-      } else {  // the client half-closed without sending a request
+      } else {  // the client half-closed before sending anything
         call->finish_wanted = true;
-        call->final_status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no request message");
+        // an empty stream is a finished conversation (grpc.aio and Triton answer OK); a unary
+        // call without its request is malformed
+        call->final_status = streaming_[call->method]
+                                 ? grpc::Status::OK
+                                 : grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no request message");
         Pump(call);
       }
       return;
@@ -429,14 +440,20 @@ class Front {
   void Post(Answer& answer) {  // under mu_
     Call* call = Find(answer.call);
     if (call == nullptr || call->finish_sent || call->finish_wanted || closed_) return;
-    if (answer.type == kReply) {
+    if (answer.type == kReply && !call->writing && call->writes.empty()) {
       call->finish_sent = true;
       call->pending++;
       call->stream.WriteAndFinish(answer.payload, grpc::WriteOptions(), grpc::Status::OK,
                                   &call->finish_op);
       return;
     }
-    if (answer.type == kWrite) {
+    if (answer.type == kReply) {  // behind writes of a stream: gRPC allows one write in flight
+      call->writes.push_back(std::move(answer.payload));
+      call->finish_wanted = true;
+      call->final_status = grpc::Status::OK;
+    } else if (answer.type == kWrite) {
+      // Unbounded: a generation stream writes at most max_tokens small chunks per request, so a
+      // client that stops reading costs memory in proportion to what it asked for.
       call->writes.push_back(std::move(answer.payload));
     } else {
       call->finish_wanted = true;

@@ -36,10 +36,11 @@ def _rule(seconds: float, max_measured: int = 10**9) -> StopRule:
     return StopRule(measure_from=now, stop_at=now + seconds, max_measured=max_measured, hard_stop=now + 10)
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
 @pytest.mark.parametrize("client", CLIENTS)
-async def test_closed_loop_records_every_answer(standin: launcher.Server, client: Any) -> None:
+async def test_closed_loop_records_every_answer(standin: launcher.Server, client: Any, concurrency: int):
     load = client(str(standin.grpc_target), _requests())
-    rec = await load.run_closed(4, _rule(0.5))
+    rec = await load.run_closed(concurrency, _rule(0.5))
     assert len(rec.statuses) > 20 and set(rec.statuses) == {"OK"}
     latencies = [e - s for s, e in zip(rec.starts, rec.ends, strict=True)]
     assert min(latencies) > 0 and max(latencies) < 1.0

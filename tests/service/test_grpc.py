@@ -129,3 +129,15 @@ async def test_stream_generation_one_response_per_chunk(grpc_env: Any) -> None:
         finals.append(result.get_response().parameters["triton_final_response"].bool_param)
     assert "".join(texts) == "cba" and finals == [False, False, True]
     assert errors and "nope" in errors[0]
+
+
+async def test_methods_deepserve_does_not_offer_answer_unimplemented(grpc_env: Any) -> None:
+    client, _ = grpc_env
+    with pytest.raises(triton_grpc.InferenceServerException) as shm:  # perf_analyzer --shared-memory
+        await client.get_system_shared_memory_status()
+    assert shm.value.status() == "StatusCode.UNIMPLEMENTED"
+    with pytest.raises(triton_grpc.InferenceServerException) as trace:
+        await client.get_trace_settings()
+    assert trace.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert await client.is_server_live()
+

@@ -228,6 +228,19 @@ async def test_streams_interleave_and_end_cleanly(env: Env) -> None:
     await env.settled()
 
 
+async def test_an_empty_stream_ends_ok(env: Env) -> None:
+    async with grpc.aio.insecure_channel(env.target) as channel:
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=lambda b: b, response_deserializer=lambda b: b,
+        )
+        call = stream()
+        await call.done_writing()
+        assert [r async for r in call] == []
+        assert await call.code() == grpc.StatusCode.OK
+    await env.settled()
+
+
 async def test_stop_lets_calls_in_flight_finish_within_the_grace(env: Env) -> None:
     env.handler.release.clear()
     async with grpc.aio.insecure_channel(env.target) as channel:

@@ -42,13 +42,14 @@ def native_extensions() -> list[Pybind11Extension]:
         Pybind11Extension(
             module,
             [source],
+            depends=headers,
             cxx_std=17,
             extra_compile_args=[*cflags, "-O2"],
             extra_link_args=[*libs, *rpath],
         )
-        for module, source in [
-            ("service._grpc_front", "service/native/grpc_front.cc"),
-            ("bench._grpc_load", "bench/native/grpc_load.cc"),
+        for module, source, headers in [
+            ("service._grpc_front", "service/native/grpc_front.cc", ["service/native/call.h"]),
+            ("bench._grpc_load", "bench/native/grpc_load.cc", []),
         ]
     ]
 

@@ -13,9 +13,10 @@ the front only when asked), ``abort`` and ``time_remaining``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -166,28 +167,10 @@ class NativeGrpcServer:
         return len(self._tasks) > 1
 
     async def _unary(self, front: Any, call: int, route: _Route, payload: bytes, context: _Context) -> None:
-        try:
+        with self._answering(front, call, route):
             request = route.request.FromString(payload)
             response = await route.handler(request, context)
             front.reply(call, response.SerializeToString(), self._defer())
-        except AbortError as exc:
-            front.finish(call, exc.code.value[0], exc.details, self._defer())
-        except DecodeError as exc:
-            front.finish(call, _INVALID, f"cannot parse the {route.request.__name__}: {exc}")
-        except asyncio.CancelledError:
-            self._cancelled(front, call)
-            raise
-        except Exception:
-            log.exception("unexpected error in %s", route.path)
-            front.finish(call, _INTERNAL, "internal error; see the server log")
-        finally:
-            self._tasks.pop(call, None)
-
-    def _cancelled(self, front: Any, call: int) -> None:
-        """A task cancelled by anything but the client (which removed it from ``_tasks`` first)
-        still owes its call an answer."""
-        if call in self._tasks and self._front is not None:
-            front.finish(call, _CANCELLED, "the server cancelled the call")
 
     async def _stream(
         self, front: Any, call: int, route: _Route, queue: asyncio.Queue[bytes | None], context: _Context
@@ -196,16 +179,25 @@ class NativeGrpcServer:
             while (payload := await queue.get()) is not None:
                 yield route.request.FromString(payload)
 
-        try:
+        with self._answering(front, call, route):
             async for response in route.handler(requests(), context):
                 front.write(call, response.SerializeToString())
             front.finish(call, _OK, "")
+
+    @contextlib.contextmanager
+    def _answering(self, front: Any, call: int, route: _Route) -> Iterator[None]:
+        """Every way a call's task can end becomes the call's final status, exactly once."""
+        try:
+            yield
         except AbortError as exc:
-            front.finish(call, exc.code.value[0], exc.details)
+            front.finish(call, exc.code.value[0], exc.details, self._defer())
         except DecodeError as exc:
             front.finish(call, _INVALID, f"cannot parse a {route.request.__name__}: {exc}")
         except asyncio.CancelledError:
-            self._cancelled(front, call)
+            # cancelled by the client, which removed the task from _tasks first (nothing to answer),
+            # or by the server (stop): the call is still owed an answer
+            if call in self._tasks and self._front is not None:
+                front.finish(call, _CANCELLED, "the server cancelled the call")
             raise
         except Exception:
             log.exception("unexpected error in %s", route.path)

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from handlers import load_handler
-from handlers.base import Handler, HandlerError, PayloadRequest, Tensors
+from handlers.base import Handler, HandlerError, InvalidInputError, PayloadRequest, Tensors
 
 log = logging.getLogger(__name__)
 
 _BODY_KEYS = ("data", "body")
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def payload_request(row: dict[str, Any]) -> PayloadRequest:
@@ -33,6 +34,14 @@ def payload_request(row: dict[str, Any]) -> PayloadRequest:
     key = next((k for k in _BODY_KEYS if row.get(k) is not None), None)
     body = row.get(key) if key else None
     params = {k: _text(v) for k, v in row.items() if k != key and k not in _BODY_KEYS}
+    if body is None or (isinstance(body, bytes | bytearray | str) and not body):
+        if params:  # TorchServe's frontend turns a form post into parameters and drops the body
+            raise InvalidInputError(
+                f"the body arrived as form fields {sorted(params)} (curl -d posts a form): send JSON "
+                "with -H 'Content-Type: application/json', a raw body with --data-binary, or a "
+                "multipart 'data' field"
+            )
+        raise InvalidInputError("empty request body; send the input as the body or a multipart 'data' field")
     return PayloadRequest(body=bytes(body) if isinstance(body, bytearray) else body, parameters=params)
 
 
@@ -57,7 +66,25 @@ def _device(system_properties: dict[str, Any]) -> str:
 def _set_status(context: Any, idx: int, body: dict[str, Any]) -> None:
     setter = getattr(context, "set_response_status", None)
     if setter is not None:
-        setter(body["code"], body["message"], idx)
+        # ASCII only: TorchServe frames the phrase by its length in characters but writes UTF-8,
+        # so a non-ASCII phrase (an error echoing the client's input) corrupts the frame and kills
+        # the worker. The body keeps the message as it was.
+        phrase = body["message"].encode("ascii", "replace").decode("ascii")
+        setter(body["code"], phrase, idx)
+
+
+def _content_type(result: Any) -> str:
+    if isinstance(result, bytes | bytearray):
+        return "image/png" if bytes(result[:8]) == _PNG else "application/octet-stream"
+    if isinstance(result, str):
+        return "text/plain; charset=utf-8"
+    return "application/json"  # TorchServe's worker serializes dicts and lists with json.dumps
+
+
+def _set_content_type(context: Any, idx: int, result: Any) -> None:
+    setter = getattr(context, "set_response_content_type", None)
+    if setter is not None:
+        setter(idx, _content_type(result))
 
 
 class DeepserveHandler:
@@ -96,6 +123,8 @@ class DeepserveHandler:
             except HandlerError as exc:
                 results[idx] = error_body(exc)
                 _set_status(context, idx, results[idx])
+        for idx, result in enumerate(results):
+            _set_content_type(context, idx, result)
         return results
 
 

@@ -25,9 +25,13 @@ class FakeContext:
         }
         self.manifest = {"model": {"modelName": model_dir.parent.name, "handler": "torchserve.py"}}
         self.statuses: dict[int, tuple[int, str]] = {}
+        self.content_types: dict[int, str] = {}
 
     def set_response_status(self, code: int, phrase: str, idx: int = 0) -> None:
         self.statuses[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.content_types[idx] = value
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +71,7 @@ def test_a_batch_of_mixed_requests_answers_each_in_order(
     assert results[3]["code"] == 400 and results[3]["type"] == "InvalidInputError"
     assert "cannot decode" in results[3]["message"]
     assert context.statuses == {3: (400, results[3]["message"])}
+    assert context.content_types == dict.fromkeys(range(4), "application/json")
     json.dumps(results)  # what TorchServe does with a non-bytes answer
 
 
@@ -106,3 +111,27 @@ def test_a_failing_batch_is_retried_item_by_item(
 def test_handle_before_initialize_is_an_error() -> None:
     with pytest.raises(RuntimeError, match=r"initialize\(context\) was not called"):
         DeepserveHandler().handle([{"body": b""}], object())
+
+
+def test_empty_bodies_and_form_posts_get_a_clear_400(regression: Path) -> None:
+    context = FakeContext(regression)
+    service = DeepserveHandler()
+    service.initialize(context)
+    # what TorchServe's frontend hands over for `curl -X POST` and for `curl -d 'a=1'` (a form)
+    results = service.handle([{"body": b""}, {"a": b"1"}, {"body": b"[1, 2, 3]"}], context)
+    assert results[0]["code"] == 400 and "empty request body" in results[0]["message"]
+    assert results[1]["code"] == 400 and "form fields ['a']" in results[1]["message"]
+    assert list(results[2]) == ["price", "volume"]
+    assert set(context.statuses) == {0, 1}
+
+
+def test_status_phrases_are_ascii_and_bodies_keep_the_message(regression: Path) -> None:
+    # TorchServe frames the phrase by its length in characters and writes UTF-8: non-ASCII kills the worker
+    context = FakeContext(regression)
+    service = DeepserveHandler()
+    service.initialize(context)
+    [result] = service.handle([{"body": {"a": 1.0, "b": 2.0, "c": 3.0, "größe": 1.0}}], context)
+    code, phrase = context.statuses[0]
+    assert code == 400 and phrase.isascii() and "gr??e" in phrase
+    assert "größe" in result["message"]
+

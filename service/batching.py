@@ -133,20 +133,28 @@ class DynamicBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- the caller's side -----------------------------------------------------------------------
-    async def submit(self, item: Tensors, *, timeout: float | None = None) -> Tensors:
-        """Queue one item and wait for its outputs; raises a typed error on any refusal."""
+    def admit(self) -> None:
+        """Refuse now what ``submit`` would refuse for a closing model or a full queue.
+
+        Transports call it before reading or decoding a body, so an overloaded server sheds a
+        request for the price of a length check instead of a JSON parse or a tokenization.
+        """
         if self._closing:
             raise ShuttingDownError(f"model {self.model!r} is shutting down; retry on another replica")
+        if len(self._queue) >= self.max_queue:
+            raise QueueFullError(
+                f"model {self.model!r} has {len(self._queue)} requests waiting (the limit); retry later",
+                retry_after=self._retry_after(),
+            )
+
+    async def submit(self, item: Tensors, *, timeout: float | None = None) -> Tensors:
+        """Queue one item and wait for its outputs; raises a typed error on any refusal."""
+        self.admit()  # again: the queue may have filled while this request was decoded
         rows = self._item_rows(item)
         if rows > self.max_batch_size:
             raise InvalidRequestError(
                 f"request has {rows} rows but model {self.model!r} takes at most {self.max_batch_size}"
                 " per request; split it into smaller requests"
-            )
-        if len(self._queue) >= self.max_queue:
-            raise QueueFullError(
-                f"model {self.model!r} has {len(self._queue)} requests waiting (the limit); retry later",
-                retry_after=self._retry_after(),
             )
         timeout = self.default_timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()

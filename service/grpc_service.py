@@ -130,6 +130,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         try:
             with inference.RequestTracker(self.registry, request.model_name, "v2-grpc"):
                 self._check(context)
+                inference.admit(self.registry, request.model_name, request.model_version)
                 decoded = grpc_codec.decode_request(request)
                 # the client's deadline: work still queued when it passes is never computed
                 result = await inference.infer(

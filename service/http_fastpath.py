@@ -68,6 +68,7 @@ class FastInferMiddleware:
                     encoding = value
             if encoding not in (None, b"identity", b""):
                 raise InvalidRequestError("compressed request bodies are not supported; send it uncompressed")
+            inference.admit(self.registry, model, version)  # a full queue refuses before the body is read
             body = await _read_body(receive)
             request = decode_request(body, parse_header_length(header_value, len(body)))
             result = await inference.infer(self.registry, model, version, request)

@@ -127,6 +127,14 @@ def statistics(registry: Registry, name: str | None = None, version: str | None 
 
 
 # -- inference -------------------------------------------------------------------------------
+def admit(registry: Registry, name: str, version: str | None = None) -> None:
+    """Shed before decoding: an unknown model, or one whose queue is full or closing, is refused
+    before the transport reads and decodes the body (``DynamicBatcher.admit``)."""
+    batcher = registry.get(name, version).batcher
+    if batcher is not None:
+        batcher.admit()
+
+
 def _timeout(parameters: dict[str, Any], default: float) -> float:
     """Triton's reserved ``timeout`` parameter is in microseconds."""
     value = parameters.get("timeout")
@@ -195,6 +203,7 @@ async def embed(registry: Registry, name: str, inputs: list[Any]) -> tuple[np.nd
     assert handler is not None and batcher is not None
     if handler.spec.task != "embedding":
         raise InvalidRequestError(f"model {name!r} is a {handler.spec.task} model, not an embedding model")
+    batcher.admit()  # a full queue refuses before the tokenizer runs
     request = PayloadRequest(inputs, "application/json", {})
     item = handler.preprocess(request)
     outputs = await batcher.submit(item)

@@ -82,6 +82,7 @@ def encode_result(result: Any) -> Response:
 async def predictions(request: Request, model: str, version: str | None = None) -> Response:
     registry: Registry = request.app.state.registry
     with inference.RequestTracker(registry, model, "torchserve"):
+        inference.admit(registry, model, version)  # a full queue refuses before the body is parsed
         body, content_type = await decode_body(request)
         params: dict[str, Any] = dict(request.query_params)
         entry = registry.get(model, version)

@@ -141,3 +141,18 @@ async def test_methods_deepserve_does_not_offer_answer_unimplemented(grpc_env: A
     assert trace.value.status() == "StatusCode.UNIMPLEMENTED"
     assert await client.is_server_live()
 
+
+
+def test_auto_falls_back_to_grpc_aio_without_the_native_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import service.grpc_native
+
+    settings = Settings(model_store=tmp_path, grpc_front="auto")
+    registry = Registry(settings, Metrics(CollectorRegistry()))
+    monkeypatch.setattr(service.grpc_native, "native_front_available", lambda: False)
+    assert create_grpc_server(registry, settings, ServerState()).front == "grpc.aio"
+    assert "native gRPC front is not built" in caplog.text
+    if native_front_available():
+        monkeypatch.undo()
+        assert create_grpc_server(registry, settings, ServerState()).front == "native"

@@ -218,25 +218,27 @@ def create_grpc_server(registry: Registry, settings: Settings, state: ServerStat
 
 
 class _AioServer:
-    """grpc.aio, binding at ``start`` like the native front does."""
+    """grpc.aio, built and bound at ``start`` (on the running loop), like the native front."""
 
     front = "grpc.aio"
 
     def __init__(self, servicer: InferenceServicer, address: str, max_receive: int) -> None:
+        self._servicer, self._address, self._max_receive = servicer, address, max_receive
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
         self._server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", max_receive),
+                ("grpc.max_receive_message_length", self._max_receive),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
                 ("grpc.so_reuseport", 0),  # a taken port must fail, not split the traffic
             ]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
-        self._address = address
-
-    async def start(self) -> None:
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, self._server)
         if self._server.add_insecure_port(self._address) == 0:
             raise OSError(f"cannot bind gRPC on {self._address}")
         await self._server.start()
 
     async def stop(self, grace: float | None) -> None:
-        await self._server.stop(grace)
+        if self._server is not None:
+            await self._server.stop(grace)

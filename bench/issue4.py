@@ -77,9 +77,10 @@ def _pa_rows(doc: dict[str, Any]) -> dict[tuple[str, float], dict[str, Any]]:
 def _grpc_verdicts(mlp: dict[str, Any]) -> list[Verdict]:
     """gRPC against HTTP with one client binary for both: perf_analyzer (C++), when installed.
 
-    Our own load generators are not a fair judge here: the HTTP one costs a few microseconds of
-    Python per request, the gRPC one (grpc.aio) ~150 us, on the same 2 cores as the server. Their
-    figures stay in the table, with the client's CPU beside them. 5% is the noise allowance.
+    Our own generators are two different clients (asyncio HTTP, C++ gRPC, or grpc.aio where the
+    native one is not built) sharing the server's 2 cores, so one binary for both protocols is the
+    fairer judge; our figures stay in the table with the client's CPU beside them. 5% is the
+    noise allowance.
     """
     out: list[Verdict] = []
     pa = _pa_rows(mlp)

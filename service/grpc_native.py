@@ -102,10 +102,6 @@ class NativeGrpcServer:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._streams: dict[int, asyncio.Queue[bytes | None]] = {}
 
-    @property
-    def port(self) -> int:
-        return int(self._front.port) if self._front is not None else 0
-
     async def start(self) -> None:
         from service import _grpc_front
 

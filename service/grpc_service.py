@@ -213,7 +213,8 @@ def create_grpc_server(registry: Registry, settings: Settings, state: ServerStat
     if settings.grpc_front == "native" or (settings.grpc_front == "auto" and native_front_available()):
         return NativeGrpcServer(servicer, address, max_receive, settings.grpc_threads)
     if settings.grpc_front == "auto":
-        log.warning("the native gRPC front is not built (see README, 'gRPC front'); using grpc.aio")
+        log.warning("the native gRPC front is not built (apt-get install libgrpc++-dev pkg-config, then "
+                    "pip install -e . again; README, Set up); serving gRPC with grpc.aio")
     return _AioServer(servicer, address, max_receive)
 
 

@@ -105,8 +105,12 @@ def as_deepserve_error(exc: BaseException) -> DeepserveError:
     if isinstance(exc, asyncio.CancelledError):  # the transport gave up on the request
         return ClientClosedError("the client went away before the answer")
     if isinstance(exc, HandlerError):
-        cls = _HANDLER_CLASSES.get(exc.status, InternalError)
-        err = cls(str(exc) or type(exc).__name__)
-        err.status = exc.status
-        return err
+        return error_for_status(exc.status, str(exc) or type(exc).__name__)
     return InternalError(f"internal error ({type(exc).__name__}: {exc}); see the server log")
+
+
+def error_for_status(status: int, message: str) -> DeepserveError:
+    """A typed error for a status another layer chose (a handler, Starlette's routing)."""
+    error = _HANDLER_CLASSES.get(status, InternalError if status >= 500 else InvalidRequestError)(message)
+    error.status = status
+    return error

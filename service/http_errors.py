@@ -19,7 +19,13 @@ from starlette.responses import Response
 
 from handlers.base import HandlerError
 from service import json_codec
-from service.errors import DeepserveError, InvalidRequestError, QueueFullError, as_deepserve_error
+from service.errors import (
+    DeepserveError,
+    InvalidRequestError,
+    QueueFullError,
+    as_deepserve_error,
+    error_for_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +53,14 @@ def error_body(error: DeepserveError, protocol: str) -> dict[str, Any]:
     return {"error": error.message}
 
 
+def _typed(exc: BaseException) -> DeepserveError:
+    if isinstance(exc, HTTPException):  # Starlette's own (404, 405) and the body limiter's 413
+        return error_for_status(exc.status_code, str(exc.detail))
+    return as_deepserve_error(exc)
+
+
 def error_response(exc: BaseException, path: str) -> Response:
-    error = as_deepserve_error(exc)
+    error = _typed(exc)
     if error.status >= 500 and not isinstance(exc, (DeepserveError, HandlerError)):
         log.error("unhandled error on %s", path, exc_info=exc)
     headers = {}
@@ -73,9 +85,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        error = DeepserveError(str(exc.detail))
-        error.status = exc.status_code
-        response = error_response(error, request.url.path)
+        response = error_response(exc, request.url.path)
         response.headers.update(exc.headers or {})
         return response
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLargeError, ShuttingDownError, UnauthorizedError
@@ -80,9 +81,9 @@ class GuardMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise PayloadTooLargeError(
-                        f"request body exceeds the {limit}-byte limit (max_body_bytes)"
-                    )
+                    # an HTTPException, because FastAPI turns anything else raised while it reads a
+                    # body into "400 error parsing the body"; the error handlers type it as a 413
+                    raise HTTPException(413, f"request body exceeds the {limit}-byte limit (max_body_bytes)")
             return message
 
         return wrapped

@@ -7,6 +7,7 @@ import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -198,6 +199,26 @@ async def test_poison_row_is_400_and_others_succeed(served: Served) -> None:
 async def test_body_over_the_limit_is_413(served: Served) -> None:
     r = await served.client.post("/v2/models/sum/infer", content=b"x" * (65 * 1024))
     assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "message_of"),
+    [
+        ("/v2/models/sum/infer", lambda body: body["error"]),
+        ("/v1/embeddings", lambda body: body["error"]["message"]),
+        ("/predictions/sum", lambda body: body["message"]),
+    ],
+)
+async def test_chunked_body_over_the_limit_is_413_in_each_protocols_error_body(
+    served: Served, path: str, message_of: Any
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(65):
+            yield b"x" * 1024
+
+    r = await served.client.post(path, content=chunks())
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and "limit" in message_of(r.json())
 
 
 async def test_full_queue_is_429_with_retry_after(tmp_path: Path) -> None:

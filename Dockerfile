@@ -27,12 +27,12 @@ ENV UV_PYTHON_INSTALL_DIR=/opt/python \
     UV_NO_CACHE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
-# the native gRPC front (service/native) compiles against Ubuntu's gRPC 1.51 C++ library. Not
-# pinned: this stage is thrown away, and 24.04 ships one gRPC release (point updates are fixes).
+# the native gRPC front (service/native) compiles against Ubuntu's nghttp2. Not pinned: this
+# stage is thrown away, and 24.04 ships one nghttp2 release (point updates are fixes).
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends g++ pkg-config libgrpc++-dev \
+    && apt-get install -y --no-install-recommends g++ pkg-config libnghttp2-dev zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=ghcr.io/astral-sh/uv:0.9.5 /uv /usr/local/bin/uv
 RUN uv python install 3.11 && uv venv --python 3.11 /opt/venv
@@ -48,15 +48,16 @@ COPY export/ export/
 COPY handlers/ handlers/
 COPY service/ service/
 COPY bench/ bench/
-RUN DEEPSERVE_NATIVE=require uv pip install ".[${ORT_EXTRA}]"
-# The runtime image has no gRPC C++ library: copy what the front links to (gRPC, abseil, re2,
-# c-ares, OpenSSL) next to it, where its RPATH ($ORIGIN/_grpc_front_libs) finds them.
-RUN set -e; module=$(python -c "import service._grpc_front as m; print(m.__file__)"); \
-    libs="$(dirname "$module")/_grpc_front_libs"; mkdir -p "$libs"; \
+# the server's front is required; the bench's C++ gRPC client is not built here (no libgrpc++)
+RUN DEEPSERVE_NATIVE=server uv pip install ".[${ORT_EXTRA}]"
+# The runtime base image may lack nghttp2: copy what the front links to next to it, where its
+# RPATH ($ORIGIN/_native_libs) finds it.
+RUN set -e; module=$(python -c "import service._grpc_h2 as m; print(m.__file__)"); \
+    libs="$(dirname "$module")/_native_libs"; mkdir -p "$libs"; \
     ldd "$module" | awk '$3 ~ /^\// {print $3}' \
       | grep -vE '/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*)\.so' \
       | xargs -r cp -L -t "$libs"; \
-    python -c "import service._grpc_front"
+    python -c "import service._grpc_h2"
 
 # ---------------------------------------------------------------------------------------------
 FROM build AS store

@@ -1,9 +1,13 @@
-"""The compiled pieces: the native gRPC front (service/native) and the bench's gRPC client (bench/native).
+"""The compiled pieces: the server's gRPC front (service/native) and the bench's gRPC client (bench/native).
 
-Built when pkg-config finds grpc++ (Debian/Ubuntu: ``apt-get install libgrpc++-dev pkg-config``).
-Without it the package still installs and the server serves gRPC with grpc.aio instead.
-DEEPSERVE_NATIVE=require fails the install when it cannot be built (CI, the Docker image);
-DEEPSERVE_NATIVE=off skips it. Everything else about the package lives in pyproject.toml.
+- ``service._grpc_h2``: gRPC over HTTP/2 for the event loop, on nghttp2 (Debian/Ubuntu:
+  ``apt-get install libnghttp2-dev pkg-config``). Without it the server serves gRPC with grpc.aio.
+- ``bench._grpc_load``: the bench's C++ gRPC load generator, on gRPC's C++ library
+  (``apt-get install libgrpc++-dev``). Without it the bench drives gRPC with grpc.aio.
+
+Each is built when pkg-config finds its libraries. DEEPSERVE_NATIVE=require fails the install when
+one cannot be built (CI); DEEPSERVE_NATIVE=server requires only the server's front (the Docker
+image); DEEPSERVE_NATIVE=off skips both. Everything else about the package is in pyproject.toml.
 """
 
 import os
@@ -14,11 +18,15 @@ import sys
 from pybind11.setup_helpers import Pybind11Extension
 from setuptools import setup
 
-PACKAGES = ["grpc++", "absl_synchronization"]
+# module, source, pkg-config packages, the apt package that provides them, needed by the server
+NATIVE = [
+    ("service._grpc_h2", "service/native/h2_session.cc", ["libnghttp2", "zlib"], "libnghttp2-dev", True),
+    ("bench._grpc_load", "bench/native/grpc_load.cc", ["grpc++"], "libgrpc++-dev", False),
+]
 
 
-def pkg_config(*args: str) -> list[str]:
-    out = subprocess.run(["pkg-config", *args, *PACKAGES], check=True, capture_output=True, text=True)
+def pkg_config(flag: str, packages: list[str]) -> list[str]:
+    out = subprocess.run(["pkg-config", flag, *packages], check=True, capture_output=True, text=True)
     return shlex.split(out.stdout)
 
 
@@ -26,32 +34,29 @@ def native_extensions() -> list[Pybind11Extension]:
     mode = os.environ.get("DEEPSERVE_NATIVE", "auto")
     if mode == "off":
         return []
-    try:
-        cflags, libs = pkg_config("--cflags"), pkg_config("--libs")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        if mode == "require":
-            raise SystemExit(f"DEEPSERVE_NATIVE=require but pkg-config found no grpc++: {exc}") from exc
-        print("deepserve: grpc++ not found (apt-get install libgrpc++-dev pkg-config); building without "
-              "the native gRPC front, gRPC will be served by grpc.aio", file=sys.stderr)  # fmt: skip
-        return []
-    # RPATH (not RUNPATH, so it also covers gRPC's own dependencies) to a folder next to the module:
-    # the Docker image copies the shared libraries there; elsewhere it is absent and ignored.
-    rpath = ["-Wl,--disable-new-dtags", "-Wl,-rpath,$ORIGIN/_grpc_front_libs"]
-    # the server's front, and the bench's gRPC load generator on the same library
-    return [
-        Pybind11Extension(
-            module,
-            [source],
-            depends=headers,
-            cxx_std=17,
-            extra_compile_args=[*cflags, "-O2"],
-            extra_link_args=[*libs, *rpath],
+    extensions = []
+    for module, source, packages, apt, for_server in NATIVE:
+        try:
+            cflags, libs = pkg_config("--cflags", packages), pkg_config("--libs", packages)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            if mode == "require" or (mode == "server" and for_server):
+                raise SystemExit(f"DEEPSERVE_NATIVE={mode}: pkg-config found no {packages}: {exc}") from exc
+            print(f"deepserve: {' '.join(packages)} not found (apt-get install {apt} pkg-config); "
+                  f"building without {module}, grpc.aio stands in", file=sys.stderr)  # fmt: skip
+            continue
+        # RPATH (not RUNPATH, so it also covers the libraries' own dependencies) to a folder next to
+        # the module: the Docker image copies the shared libraries there; elsewhere it is absent.
+        rpath = ["-Wl,--disable-new-dtags", "-Wl,-rpath,$ORIGIN/_native_libs"]
+        extensions.append(
+            Pybind11Extension(
+                module,
+                [source],
+                cxx_std=17,
+                extra_compile_args=[*cflags, "-O2"],
+                extra_link_args=[*libs, *rpath],
+            )
         )
-        for module, source, headers in [
-            ("service._grpc_front", "service/native/grpc_front.cc", ["service/native/call.h"]),
-            ("bench._grpc_load", "bench/native/grpc_load.cc", []),
-        ]
-    ]
+    return extensions
 
 
 setup(ext_modules=native_extensions())

@@ -1,18 +1,19 @@
-"""The KServe v2 gRPC service on the C++ front (``service/native/grpc_front.cc``).
+"""The KServe v2 gRPC service on the event loop itself: one asyncio protocol per connection.
 
-The front accepts calls and does the HTTP/2 and gRPC framing in its own threads; this module
-wakes once per batch of arrived calls (an eventfd on the event loop), parses each request, runs
-the same ``InferenceServicer`` method grpc.aio would, and hands the serialized answer back.
-Concurrent calls therefore reach the batcher together, as HTTP requests do, and a call costs the
-event loop only its parse, its inference and its serialization.
+Each connection's bytes go through ``service._grpc_h2.Session`` (nghttp2 and the gRPC framing,
+``service/native/h2_session.cc``) inside the loop's own ``data_received`` callback, the way
+uvicorn runs httptools for HTTP/1.1. No thread sits between the socket and the servicer, so a call
+costs no cross-thread wake-up; calls that arrive together reach the batcher together; answers that
+complete in one loop turn leave in one write.
 
-The servicer gets a context with what it uses of grpc.aio's: ``invocation_metadata`` (read from
-the front only when asked), ``abort`` and ``time_remaining``.
+The servicer gets a context with what it uses of grpc.aio's: ``invocation_metadata``, ``abort`` and
+``time_remaining``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -28,15 +29,18 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from service.grpc_service import InferenceServicer
 
 log = logging.getLogger(__name__)
-_SERVICE = "inference.GRPCInferenceService"
-_OK, _INVALID, _INTERNAL, _CANCELLED = (c.value[0] for c in (
-    grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED
+_OK, _INVALID, _INTERNAL, _CANCELLED, _DEADLINE = (c.value[0] for c in (
+    grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
 ))  # fmt: skip
+
+_SERVICE = "inference.GRPCInferenceService"
+_Key = tuple["_Connection", int]  # a call: its connection and HTTP/2 stream
 
 
 def native_front_available() -> bool:
     try:
-        from service import _grpc_front  # noqa: F401
+        from service import _grpc_h2  # noqa: F401
     except ImportError:
         return False
     return True
@@ -90,114 +94,226 @@ def _routes(servicer: InferenceServicer) -> list[_Route]:
     return routes
 
 
+class _Connection(asyncio.Protocol):
+    """One client connection: bytes in through the session, answers out in one write per turn."""
+
+    def __init__(self, server: NativeGrpcServer) -> None:
+        from service import _grpc_h2
+
+        self.server = server
+        self.session = _grpc_h2.Session(server.paths, server.streaming, server.max_receive)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._flush_due = False
+
+    # -- asyncio protocol -------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
+        self.server.connections.add(self)
+        self.flush()  # the server's SETTINGS
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.session.feed(data)
+        except RuntimeError as exc:  # the peer broke HTTP/2: nghttp2 queued a GOAWAY saying why
+            log.info("closing a gRPC connection: %s", exc)
+            self.flush()
+            self.close()
+            return
+        for event in events:
+            self.server.on_event(self, *event)
+        self.flush()  # SETTINGS and PING acks, window updates, calls refused in the session
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.forget(self)
+
+    # -- what a call's task answers through (the same names as the threaded front's) ----------------
+    def reply(self, stream: int, payload: bytes) -> None:
+        if not self.closed:
+            self.session.reply(stream, payload)
+            self._flush_soon()
+
+    def write(self, stream: int, payload: bytes) -> None:
+        if not self.closed:
+            self.session.write(stream, payload)
+            self._flush_soon()
+
+    def finish(self, stream: int, code: int, message: str = "") -> None:
+        if not self.closed:
+            self.session.finish(stream, code, message)
+            self._flush_soon()
+
+    def metadata(self, stream: int) -> tuple[tuple[str, Any], ...]:
+        # binary metadata (-bin keys) travels base64-encoded, unpadded
+        return tuple(
+            (key, base64.b64decode(value + "=" * (-len(value) % 4)) if key.endswith("-bin") else value)
+            for key, value in self.session.metadata(stream)
+        )
+
+    def _flush_soon(self) -> None:
+        """Answers finished in one loop turn (a batch's worth) leave in one write."""
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_due = False
+        if self.closed or self.transport is None:
+            return
+        out = self.session.output()
+        if out:
+            self.transport.write(out)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()  # after what is buffered is written
+
+
 class NativeGrpcServer:
     """Same ``start`` / ``stop(grace)`` as ``grpc.aio.Server``, so ``serve`` runs either."""
 
     front = "native"
 
-    def __init__(self, servicer: InferenceServicer, address: str, max_receive: int, threads: int) -> None:
+    def __init__(self, servicer: InferenceServicer, host: str, port: int, max_receive: int) -> None:
         self._routes = _routes(servicer)
-        self._address, self._max_receive, self._threads = address, max_receive, threads
-        self._front: Any = None
-        self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._streams: dict[int, asyncio.Queue[bytes | None]] = {}
+        self.paths = [r.path for r in self._routes]
+        self.streaming = [r.streaming for r in self._routes]
+        self.max_receive = max_receive
+        self._host, self._port = host.strip("[]"), port
+        self._server: asyncio.AbstractServer | None = None
+        self.connections: set[_Connection] = set()
+        self._tasks: dict[_Key, asyncio.Task[None]] = {}
+        self._streams: dict[_Key, asyncio.Queue[bytes | None]] = {}
+        self._front = self  # what the tests' bookkeeping checks read
+
+    def active_calls(self) -> int:
+        return sum(c.session.active_calls() for c in self.connections)
 
     async def start(self) -> None:
-        from service import _grpc_front
-
-        paths, streaming = [r.path for r in self._routes], [r.streaming for r in self._routes]
+        loop = asyncio.get_running_loop()
         try:
-            self._front = _grpc_front.Front(
-                self._address, self._max_receive, 2**31 - 1, self._threads, paths, streaming
-            )
-        except RuntimeError as exc:
-            raise OSError(str(exc)) from exc
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._front.fileno(), self._on_events)
+            self._server = await loop.create_server(lambda: _Connection(self), self._host, self._port)
+        except OSError as exc:
+            raise OSError(f"cannot bind gRPC on {self._host}:{self._port}: {exc}") from exc
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting; calls still running after ``grace`` seconds are cancelled."""
-        front = self._front
-        if front is None:
+        if self._server is None:
             return
-        try:  # answers keep flowing on the loop while the front waits for its calls
-            await asyncio.to_thread(front.shutdown, grace or 0.0)
-        finally:
-            self._loop.remove_reader(front.fileno())
-            self._front = None
-            for task in list(self._tasks.values()):
-                task.cancel()
+        self._server.close()
+        for conn in list(self.connections):  # clients stop opening streams here
+            conn.session.shutdown_notice()
+            conn.flush()
+        running = list(self._tasks.values())
+        if running and grace:
+            await asyncio.wait(running, timeout=grace)
+        for conn in list(self.connections):
+            conn.session.goaway()
+        late = list(self._tasks.values())
+        for task in late:
+            task.cancel()  # each answers CANCELLED on its way out
+        if late:
+            await asyncio.wait(late, timeout=1.0)
+        for conn in list(self.connections):
+            conn.flush()
+            conn.close()
+        self._server = None
 
-    # -- events from the front -------------------------------------------------------------------
-    def _on_events(self) -> None:
-        from service._grpc_front import CANCELLED, HALF_CLOSE, MESSAGE, START
+    # -- events from the connections -------------------------------------------------------------
+    def on_event(
+        self, conn: _Connection, stream: int, kind: int, method: int, payload: Any, remaining: float
+    ) -> None:
+        from service._grpc_h2 import CANCELLED, HALF_CLOSE, MESSAGE, START
 
-        front = self._front
-        for call, kind, method, payload, remaining in front.poll():
-            if kind == START:
-                self._start(front, call, self._routes[method], payload, remaining)
-            elif kind in (MESSAGE, HALF_CLOSE):
-                queue = self._streams.get(call)
-                if queue is not None:
-                    queue.put_nowait(payload)  # None at the half-close ends the request stream
-            elif kind == CANCELLED:
-                task = self._tasks.pop(call, None)
-                self._streams.pop(call, None)  # a task cancelled before its first step has no finally
-                if task is not None:
-                    task.cancel()
+        key = (conn, stream)
+        if kind == START:
+            self._start(key, self._routes[method], payload, remaining)
+        elif kind in (MESSAGE, HALF_CLOSE):
+            queue = self._streams.get(key)
+            if queue is not None:
+                queue.put_nowait(payload)  # None at the half-close ends the request stream
+        elif kind == CANCELLED:
+            self._drop(key)
 
-    def _start(self, front: Any, call: int, route: _Route, payload: bytes, remaining: float) -> None:
-        context = _Context(front, call, remaining)
+    def forget(self, conn: _Connection) -> None:
+        """The connection is gone: its calls are cancelled, with nobody left to answer."""
+        self.connections.discard(conn)
+        for key in [k for k in self._tasks if k[0] is conn]:
+            self._drop(key)
+
+    def _drop(self, key: _Key) -> None:
+        task = self._tasks.pop(key, None)
+        self._streams.pop(key, None)  # a task cancelled before its first step has no finally
+        if task is not None:
+            task.cancel()
+
+    def _start(self, key: _Key, route: _Route, payload: bytes, remaining: float) -> None:
+        conn, stream = key
+        context = _Context(conn, stream, remaining)
         if route.streaming:
             queue: asyncio.Queue[bytes | None] = asyncio.Queue()
             queue.put_nowait(payload)
-            self._streams[call] = queue
-            coro = self._stream(front, call, route, queue, context)
+            self._streams[key] = queue
+            coro = self._stream(key, route, queue, context)
         else:
-            coro = self._unary(front, call, route, payload, context)
-        self._tasks[call] = self._loop.create_task(coro)
+            coro = self._unary(key, route, payload, context)
+        self._tasks[key] = asyncio.get_running_loop().create_task(coro)
 
-    def _defer(self) -> bool:
-        """Hand answers to the front's poster thread while other calls are in flight: the event
-        loop is then the bottleneck and should not pay for socket writes. Alone, post at once."""
-        return len(self._tasks) > 1
-
-    async def _unary(self, front: Any, call: int, route: _Route, payload: bytes, context: _Context) -> None:
-        with self._answering(front, call, route):
+    async def _unary(self, key: _Key, route: _Route, payload: bytes, context: _Context) -> None:
+        conn, stream = key
+        with self._answering(key, route, context):
             request = route.request.FromString(payload)
             response = await route.handler(request, context)
-            front.reply(call, response.SerializeToString(), self._defer())
+            conn.reply(stream, response.SerializeToString())
 
     async def _stream(
-        self, front: Any, call: int, route: _Route, queue: asyncio.Queue[bytes | None], context: _Context
+        self, key: _Key, route: _Route, queue: asyncio.Queue[bytes | None], context: _Context
     ) -> None:
+        conn, stream = key
+
         async def requests() -> AsyncIterator[Any]:
             while (payload := await queue.get()) is not None:
                 yield route.request.FromString(payload)
 
-        with self._answering(front, call, route):
+        with self._answering(key, route, context):
             async for response in route.handler(requests(), context):
-                front.write(call, response.SerializeToString())
-            front.finish(call, _OK, "")
+                conn.write(stream, response.SerializeToString())
+            conn.finish(stream, _OK, "")
 
     @contextlib.contextmanager
-    def _answering(self, front: Any, call: int, route: _Route) -> Iterator[None]:
+    def _answering(self, key: _Key, route: _Route, context: _Context) -> Iterator[None]:
         """Every way a call's task can end becomes the call's final status, exactly once."""
+        conn, stream = key
+        remaining = context.time_remaining()
+        expiry = None
+        if remaining is not None:  # the client's deadline ends the call here too, streams included
+            expiry = asyncio.get_running_loop().call_later(remaining, self._expire, key)
         try:
             yield
         except AbortError as exc:
-            front.finish(call, exc.code.value[0], exc.details, self._defer())
+            conn.finish(stream, exc.code.value[0], exc.details)
         except DecodeError as exc:
-            front.finish(call, _INVALID, f"cannot parse a {route.request.__name__}: {exc}")
+            conn.finish(stream, _INVALID, f"cannot parse a {route.request.__name__}: {exc}")
         except asyncio.CancelledError:
             # cancelled by the client, which removed the task from _tasks first (nothing to answer),
-            # or by the server (stop): the call is still owed an answer
-            if call in self._tasks and self._front is not None:
-                front.finish(call, _CANCELLED, "the server cancelled the call")
+            # by its deadline (answered in _expire), or by the server (stop): still owed an answer
+            if key in self._tasks:
+                conn.finish(stream, _CANCELLED, "the server cancelled the call")
             raise
         except Exception:
             log.exception("unexpected error in %s", route.path)
-            front.finish(call, _INTERNAL, "internal error; see the server log")
+            conn.finish(stream, _INTERNAL, "internal error; see the server log")
         finally:
-            self._tasks.pop(call, None)
-            self._streams.pop(call, None)
+            if expiry is not None:
+                expiry.cancel()
+            self._tasks.pop(key, None)
+            self._streams.pop(key, None)
+
+    def _expire(self, key: _Key) -> None:
+        task = self._tasks.pop(key, None)
+        self._streams.pop(key, None)
+        if task is not None:
+            key[0].finish(key[1], _DEADLINE, "deadline exceeded")
+            task.cancel()

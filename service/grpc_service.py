@@ -203,7 +203,7 @@ class GrpcServer(Protocol):
 
 
 def create_grpc_server(registry: Registry, settings: Settings, state: ServerState) -> GrpcServer:
-    """The native C++ front when it is built (``grpc_front``: auto / native), else grpc.aio."""
+    """The native front when it is built (``grpc_front``: auto / native), else grpc.aio."""
     from service.grpc_native import NativeGrpcServer, native_front_available
 
     servicer = InferenceServicer(registry, settings, state)
@@ -211,9 +211,9 @@ def create_grpc_server(registry: Registry, settings: Settings, state: ServerStat
     # the HTTP body limit applies here too: grpc refuses bigger messages before decoding
     max_receive = min(settings.max_body_bytes, MAX_MESSAGE)
     if settings.grpc_front == "native" or (settings.grpc_front == "auto" and native_front_available()):
-        return NativeGrpcServer(servicer, address, max_receive, settings.grpc_threads)
+        return NativeGrpcServer(servicer, settings.host, settings.grpc_port, max_receive)
     if settings.grpc_front == "auto":
-        log.warning("the native gRPC front is not built (apt-get install libgrpc++-dev pkg-config, then "
+        log.warning("the native gRPC front is not built (apt-get install libnghttp2-dev pkg-config, then "
                     "pip install -e . again; README, Set up); serving gRPC with grpc.aio")
     return _AioServer(servicer, address, max_receive)
 

@@ -35,11 +35,10 @@ class Settings(BaseSettings):
     enable_grpc: bool = True
     grpc_front: Literal["auto", "native", "aio"] = Field(
         default="auto",
-        description="native: the C++ front (service/native, built when libgrpc++ is present), which "
-        "takes gRPC framing off the event loop and hands concurrent calls over together; aio: grpcio's "
-        "grpc.aio; auto: native when built",
+        description="native: gRPC framed by nghttp2 inside the event loop's own callbacks (service/native, "
+        "built when libnghttp2-dev is present): no thread between socket and servicer, concurrent calls "
+        "batched together; aio: grpcio's grpc.aio; auto: native when built",
     )
-    grpc_threads: int = Field(default=1, ge=1, description="completion-queue threads of the native front")
 
     # batching defaults (a model's own max_batch_size from model.json caps max_batch_size)
     max_batch_size: int = Field(default=32, ge=1, description="rows per executed batch, at most")

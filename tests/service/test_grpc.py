@@ -33,7 +33,7 @@ def front_params() -> list[Any]:
     """Both gRPC fronts; the native one skips where it is not built (CI requires it)."""
     return [
         pytest.param("native", marks=pytest.mark.skipif(
-            not native_front_available(), reason="native gRPC front not built (needs libgrpc++-dev)"
+            not native_front_available(), reason="native gRPC front not built (needs libnghttp2-dev)"
         )),
         "aio",
     ]  # fmt: skip

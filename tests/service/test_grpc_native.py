@@ -1,8 +1,8 @@
-"""The native gRPC front (service/native/grpc_front.cc) under what clients do to it: bursts,
-deadlines, cancellation, oversized and unknown calls, shutdown with calls in flight.
+"""The native gRPC front (service/native/h2_session.cc, service/grpc_native.py) under what clients
+do to it: bursts, deadlines, cancellation, oversized and unknown calls, shutdown with calls in flight.
 
-Each test also checks the front's bookkeeping: once the clients are done, no call is left in the
-C++ call table and no task in Python, so nothing leaks per call.
+Each test also checks the front's bookkeeping: once the clients are done, no stream is left in the
+C++ sessions and no task in Python, so nothing leaks per call.
 """
 
 from __future__ import annotations
@@ -67,7 +67,6 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     await registry.add_handler(make_generation_handler(), engine=FakeEngine())
     registry.loading_done = True
     server = create_grpc_server(registry, settings, ServerState())
-    assert isinstance(server, NativeGrpcServer)
     await server.start()
     try:
         yield Env(server, handler, f"127.0.0.1:{settings.grpc_port}", registry)
@@ -140,6 +139,29 @@ async def test_message_over_the_body_limit_is_refused_before_python(env: Env) ->
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert await _stub(channel)(_request(np.ones((1, 3))))
     assert env.handler.batches == [1]
+    await env.settled()
+
+
+async def test_a_message_spanning_many_frames_and_reads_arrives_whole(env: Env) -> None:
+    rows = np.ones((4000, 3), np.float32)  # 47 KiB: three 16 KiB DATA frames
+    async with grpc.aio.insecure_channel(env.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _stub(channel)(_request(rows))
+    # parsed whole (every row counted), then refused by the model's own limit of 8 rows a request
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "4000 rows" in (refused.value.details() or "")
+    await env.settled()
+
+
+async def test_a_peer_that_breaks_http2_loses_only_its_connection(env: Env) -> None:
+    host, port = env.target.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not the HTTP/2 preface
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 5) is not None  # the server closes it (EOF)
+    writer.close()
+    async with grpc.aio.insecure_channel(env.target) as channel:
+        assert await _stub(channel)(_request(np.ones((1, 3))))  # everyone else is still served
     await env.settled()
 
 
@@ -270,6 +292,7 @@ async def test_stop_cancels_what_outlives_the_grace(env: Env) -> None:
 
 
 async def test_a_taken_port_fails_loudly(env: Env) -> None:
-    second = NativeGrpcServer(env.server._routes[0].handler.__self__, env.target, 1 << 20, 1)
+    host, port = env.target.rsplit(":", 1)
+    second = NativeGrpcServer(env.server._routes[0].handler.__self__, host, int(port), 1 << 20)
     with pytest.raises(OSError, match="cannot bind"):
         await second.start()

@@ -3,8 +3,8 @@
 Runs perf_analyzer at one concurrency against a server that is already up, once per protocol and
 round (interleaved, so drift hits both alike), and reads each server thread's CPU time from /proc
 before and after, and the request count from /metrics. The answer is CPU microseconds per request
-for each thread: the event loop (the main thread), the gRPC front's threads (named grpc-front-*),
-the model workers and ONNX Runtime's threads (unnamed).
+for each thread: the event loop (the main thread, which also frames gRPC), the model workers and
+ONNX Runtime's threads (unnamed).
 
     python -m bench.tools.thread_cpu --pid "$(pgrep -f 'deepserve serve' | head -1)" \\
         --model bench-mlp --concurrency 1 --seconds 8 --rounds 2

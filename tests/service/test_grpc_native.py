@@ -48,7 +48,7 @@ class Env:
 
     async def settled(self) -> None:
         """Wait until the front holds no call and Python no task (what every test ends with)."""
-        front = self.server._front
+        front = self.server
         for _ in range(200):
             if front.active_calls() == 0 and not self.server._tasks and not self.server._streams:
                 return

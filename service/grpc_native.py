@@ -105,6 +105,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._flush_due = False
+        self._holding: set[int] = set()  # streaming calls whose unread requests stopped the reading
 
     # -- asyncio protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -170,6 +171,50 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             self.transport.close()  # after what is buffered is written
 
+    # -- back-pressure from streaming calls -------------------------------------------------------
+    def hold(self, stream: int) -> None:
+        """Stop reading the socket: TCP pushes back on the client, as HTTP/2 flow control would."""
+        if not self._holding and not self.closed and self.transport is not None:
+            self.transport.pause_reading()
+        self._holding.add(stream)
+
+    def release(self, stream: int) -> None:
+        if stream not in self._holding:
+            return
+        self._holding.discard(stream)
+        if not self._holding and not self.closed and self.transport is not None:
+            self.transport.resume_reading()
+
+
+class _Inbox:
+    """A streaming call's requests that its handler has not read yet.
+
+    The handler reads them one at a time (each request's answer is streamed before the next is
+    read), while nghttp2 keeps granting the client window: past ``HIGH`` unread requests the
+    connection stops reading until the handler is down to ``LOW``, so a client that streams faster
+    than the model answers is paced instead of growing the server's memory.
+    """
+
+    HIGH, LOW = 64, 16
+
+    def __init__(self, conn: _Connection, stream: int) -> None:
+        self._conn, self._stream = conn, stream
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def put(self, payload: bytes | None) -> None:  # None: the client's half-close
+        self._queue.put_nowait(payload)
+        if self._queue.qsize() >= self.HIGH:
+            self._conn.hold(self._stream)
+
+    async def get(self) -> bytes | None:
+        payload = await self._queue.get()
+        if self._queue.qsize() <= self.LOW:
+            self._conn.release(self._stream)
+        return payload
+
+    def close(self) -> None:
+        self._conn.release(self._stream)
+
 
 class NativeGrpcServer:
     """Same ``start`` / ``stop(grace)`` as ``grpc.aio.Server``, so ``serve`` runs either."""
@@ -185,7 +230,7 @@ class NativeGrpcServer:
         self._server: asyncio.AbstractServer | None = None
         self.connections: set[_Connection] = set()
         self._tasks: dict[_Key, asyncio.Task[None]] = {}
-        self._streams: dict[_Key, asyncio.Queue[bytes | None]] = {}
+        self._streams: dict[_Key, _Inbox] = {}
 
     def active_calls(self) -> int:
         return sum(c.session.active_calls() for c in self.connections)
@@ -230,9 +275,9 @@ class NativeGrpcServer:
         if kind == START:
             self._start(key, self._routes[method], payload, remaining)
         elif kind in (MESSAGE, HALF_CLOSE):
-            queue = self._streams.get(key)
-            if queue is not None:
-                queue.put_nowait(payload)  # None at the half-close ends the request stream
+            inbox = self._streams.get(key)
+            if inbox is not None:
+                inbox.put(payload)  # None at the half-close ends the request stream
         elif kind == CANCELLED:
             self._drop(key)
 
@@ -244,18 +289,23 @@ class NativeGrpcServer:
 
     def _drop(self, key: _Key) -> None:
         task = self._tasks.pop(key, None)
-        self._streams.pop(key, None)  # a task cancelled before its first step has no finally
+        self._close_inbox(key)  # a task cancelled before its first step has no finally
         if task is not None:
             task.cancel()
+
+    def _close_inbox(self, key: _Key) -> None:
+        inbox = self._streams.pop(key, None)
+        if inbox is not None:
+            inbox.close()
 
     def _start(self, key: _Key, route: _Route, payload: bytes, remaining: float) -> None:
         conn, stream = key
         context = _Context(conn, stream, remaining)
         if route.streaming:
-            queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-            queue.put_nowait(payload)
-            self._streams[key] = queue
-            coro = self._stream(key, route, queue, context)
+            inbox = _Inbox(conn, stream)
+            inbox.put(payload)
+            self._streams[key] = inbox
+            coro = self._stream(key, route, inbox, context)
         else:
             coro = self._unary(key, route, payload, context)
         self._tasks[key] = asyncio.get_running_loop().create_task(coro)
@@ -268,12 +318,12 @@ class NativeGrpcServer:
             conn.reply(stream, response.SerializeToString())
 
     async def _stream(
-        self, key: _Key, route: _Route, queue: asyncio.Queue[bytes | None], context: _Context
+        self, key: _Key, route: _Route, inbox: _Inbox, context: _Context
     ) -> None:
         conn, stream = key
 
         async def requests() -> AsyncIterator[Any]:
-            while (payload := await queue.get()) is not None:
+            while (payload := await inbox.get()) is not None:
                 yield route.request.FromString(payload)
 
         with self._answering(key, route, context):
@@ -308,11 +358,11 @@ class NativeGrpcServer:
             if expiry is not None:
                 expiry.cancel()
             self._tasks.pop(key, None)
-            self._streams.pop(key, None)
+            self._close_inbox(key)
 
     def _expire(self, key: _Key) -> None:
         task = self._tasks.pop(key, None)
-        self._streams.pop(key, None)
+        self._close_inbox(key)
         if task is not None:
             key[0].finish(key[1], _DEADLINE, "deadline exceeded")
             task.cancel()

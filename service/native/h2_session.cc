@@ -22,7 +22,7 @@
 //   write(stream, payload)            streaming: one message
 //   finish(stream, code, message)     the final status, after the messages written before it
 //   metadata(stream)                  the call's request headers as ((key, value), ...)
-//   active_calls(), shutdown_notice(), goaway()
+//   active_calls(), partial_bytes(), shutdown_notice(), goaway()
 
 #include <nghttp2/nghttp2.h>
 #include <pybind11/pybind11.h>
@@ -207,6 +207,7 @@ class Session {
   }
 
   size_t Active() const { return streams_.size(); }
+  int64_t Partial() const { return partial_; }
 
   // graceful shutdown, step 1: "no new streams soon" (a GOAWAY with the highest stream id)
   void ShutdownNotice() { nghttp2_submit_shutdown_notice(session_); }
@@ -316,6 +317,7 @@ class Session {
   // Cut length-prefixed messages out of the stream's bytes. The common case, a whole message in
   // one chunk, is read in place; only a partial message is buffered.
   void Receive(Stream* s, const char* data, size_t len) {
+    const size_t held_before = s->in.size();
     std::string_view view(data, len);
     if (!s->in.empty()) {
       s->in.append(data, len);
@@ -347,11 +349,23 @@ class Session {
       }
     }
     if (s->answered) {
-      s->in.clear();
+      std::string().swap(s->in);
     } else if (s->in.empty()) {
       s->in.assign(view.substr(pos));
     } else {
       s->in.erase(0, pos);
+    }
+    partial_ += static_cast<int64_t>(s->in.size()) - static_cast<int64_t>(held_before);
+    // One connection holds at most max_receive bytes of partly received messages, as one HTTP/1.1
+    // connection holds at most one body: without this, 1,024 streams each sending most of a
+    // maximal message would hold 1,024 times the limit. Flow control cannot bound it (a message may
+    // be larger than the windows), so the stream that goes over is refused.
+    if (partial_ > max_receive_ && !s->in.empty()) {
+      partial_ -= static_cast<int64_t>(s->in.size());
+      std::string().swap(s->in);
+      Close(s, kResourceExhausted, "this connection's partly received messages exceed " +
+                                       std::to_string(max_receive_) +
+                                       " bytes (max_body_bytes); send fewer large messages at once");
     }
   }
 
@@ -395,6 +409,7 @@ class Session {
     if (it == self->streams_.end()) return 0;
     Stream* s = it->second.get();
     if (s->started && !s->answered) self->events_.push_back({id, kCancelled, s->method, {}, -1.0});
+    self->partial_ -= static_cast<int64_t>(s->in.size());
     self->streams_.erase(it);
     return 0;
   }
@@ -484,6 +499,7 @@ class Session {
   std::unordered_map<std::string, int> methods_;
   std::vector<bool> streaming_;
   int64_t max_receive_;
+  int64_t partial_ = 0;  // bytes of partly received messages, all streams together
   std::unordered_map<int32_t, std::unique_ptr<Stream>> streams_;
   std::vector<Event> events_;
 };
@@ -508,6 +524,7 @@ PYBIND11_MODULE(_grpc_h2, m) {
       .def("finish", &Session::Finish, py::arg("stream"), py::arg("code"), py::arg("message") = "")
       .def("metadata", &Session::Metadata, py::arg("stream"))
       .def("active_calls", &Session::Active)
+      .def("partial_bytes", &Session::Partial)
       .def("shutdown_notice", &Session::ShutdownNotice)
       .def("goaway", &Session::Goaway);
 }

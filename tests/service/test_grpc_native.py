@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -23,7 +26,7 @@ import tritonclient.grpc.aio as triton_aio
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2 as pb
 
-from service.grpc_native import NativeGrpcServer, native_front_available
+from service.grpc_native import NativeGrpcServer, _Inbox, native_front_available
 from service.grpc_service import create_grpc_server
 from service.metrics import Metrics
 from service.registry import Registry
@@ -139,6 +142,121 @@ async def test_message_over_the_body_limit_is_refused_before_python(env: Env) ->
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert await _stub(channel)(_request(np.ones((1, 3))))
     assert env.handler.batches == [1]
+    await env.settled()
+
+
+class RawH2:
+    """An HTTP/2 client that sends exactly what a test says (h2), such as half a gRPC message."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.ended: dict[int, dict[str, str]] = {}  # stream -> its response headers and trailers
+
+    @classmethod
+    async def connect(cls, target: str) -> RawH2:
+        host, port = target.rsplit(":", 1)
+        client = cls(*await asyncio.open_connection(host, int(port)))
+        client.h2.initiate_connection()
+        await client.flush()
+        await client.read_until(lambda: client.h2.outbound_flow_control_window > 65535)  # server's window
+        return client
+
+    async def flush(self) -> None:
+        self.writer.write(self.h2.data_to_send())
+        await self.writer.drain()
+
+    async def call(self, method: str = INFER) -> int:
+        stream = self.h2.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", method), (":authority", "localhost"),
+                   ("content-type", "application/grpc"), ("te", "trailers")]  # fmt: skip
+        self.h2.send_headers(stream, headers)
+        await self.flush()
+        return stream
+
+    async def send(self, stream: int, data: bytes, end: bool = False) -> None:
+        size = self.h2.max_outbound_frame_size
+        for i in range(0, len(data), size):
+            self.h2.send_data(stream, data[i : i + size], end_stream=end and i + size >= len(data))
+        await self.flush()
+
+    async def read_until(self, done: Any) -> None:
+        while not done():
+            data = await asyncio.wait_for(self.reader.read(65536), 5)
+            assert data, "the server closed the connection"
+            for event in self.h2.receive_data(data):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    headers = {k.decode(): v.decode() for k, v in event.headers}
+                    self.ended.setdefault(event.stream_id, {}).update(headers)
+                elif isinstance(event, h2.events.DataReceived):
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            await self.flush()
+
+    async def status(self, stream: int) -> tuple[int, str]:
+        await self.read_until(lambda: "grpc-status" in self.ended.get(stream, {}))
+        headers = self.ended[stream]
+        return int(headers["grpc-status"]), headers.get("grpc-message", "")
+
+    async def close(self) -> None:
+        self.writer.close()
+
+
+def _framed(message: bytes) -> bytes:
+    return b"\0" + len(message).to_bytes(4, "big") + message
+
+
+async def test_partly_received_messages_are_bounded_per_connection(env: Env) -> None:
+    """1,024 streams each sending most of a maximal message must not hold 1,024 times the limit."""
+    message = _framed(_request(np.ones((4000, 3))))  # 47 KiB of the 64 KiB limit
+    client = await RawH2.connect(env.target)
+    first, second = await client.call(), await client.call()
+    await client.send(first, message[:40_000])
+    await client.send(second, message[:40_000])  # 80,000 partly received bytes: over the limit
+    code, details = await client.status(second)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "partly received" in details and "max_body_bytes" in details
+    await client.send(first, message[40_000:], end=True)  # the first one completes and is served
+    code, details = await client.status(first)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "4000 rows" in details
+    # the connection is still good, and holds nothing of the refused message
+    third = await client.call()
+    await client.send(third, _framed(_request(np.ones((1, 3)))), end=True)
+    assert (await client.status(third))[0] == grpc.StatusCode.OK.value[0]
+    assert all(conn.session.partial_bytes() == 0 for conn in env.server.connections)
+    await client.close()
+    await env.settled()
+
+
+async def test_a_client_streaming_faster_than_the_model_is_paced(env: Env) -> None:
+    """Requests a streaming call's handler has not read yet are bounded: the socket stops being read."""
+    env.handler.release.clear()  # the first request holds the stream's handler
+    request = pb.ModelInferRequest(model_name="sum", id="x" * 8000)  # 8 KB each: many reads' worth
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+    request.raw_input_contents.append(np.ones((1, 3), np.float32).tobytes())
+    payload, count = request.SerializeToString(), 300
+    async with grpc.aio.insecure_channel(env.target) as channel:
+        call = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=lambda b: b, response_deserializer=lambda b: b,
+        )()
+
+        async def send_all() -> None:
+            for _ in range(count):
+                await call.write(payload)
+            await call.done_writing()
+
+        sending = asyncio.ensure_future(send_all())
+        await asyncio.sleep(1.0)
+        (inbox,) = env.server._streams.values()
+        (conn,) = env.server.connections
+        assert conn._holding, "the connection kept reading"
+        waiting = inbox._queue.qsize()
+        assert _Inbox.HIGH <= waiting < count // 2, waiting  # paced near HIGH, not all 300 buffered
+        env.handler.release.set()
+        answers = [pb.ModelStreamInferResponse.FromString(r) async for r in call]
+        await sending
+    assert len(answers) == count and not any(a.error_message for a in answers)
+    assert not conn._holding
     await env.settled()
 
 

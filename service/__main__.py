@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import sys
 from collections.abc import Callable, Generator, Sequence
@@ -115,8 +116,8 @@ async def _drain(
     settings: Settings, state: ServerState, http: _Uvicorn, http_task: Any, grpc_server: Any
 ) -> int:
     log.info("signal received: draining (up to %.0f s)", settings.drain_timeout_s)
-    state.draining = True
-    finished = await state.wait_idle(settings.drain_timeout_s)
+    state.begin_drain(settings.drain_timeout_s)
+    finished = await state.wait_idle(state.drain_time_left())
     if not finished:
         log.warning(
             "%d requests still in flight after %.0f s; stopping anyway",
@@ -124,7 +125,10 @@ async def _drain(
             settings.drain_timeout_s,
         )
     if grpc_server is not None:
-        await grpc_server.stop(1.0)
+        await grpc_server.stop(min(1.0, state.drain_time_left()))
+    # uvicorn waits for its connections' tasks, and the lifespan for the models, within what is
+    # left of the same deadline: work still running now has had its time
+    http.config.timeout_graceful_shutdown = max(1, math.ceil(state.drain_time_left()))
     http.should_exit = True
     await http_task
     log.info("stopped")

@@ -49,10 +49,10 @@ def create_app(
         try:
             yield
         finally:
-            server_state.draining = True
+            server_state.begin_drain(settings.drain_timeout_s)  # started by a signal, or now
             loader.cancel()
-            await server_state.wait_idle(settings.drain_timeout_s)
-            await registry.stop(settings.drain_timeout_s)
+            await server_state.wait_idle(server_state.drain_time_left())
+            await registry.stop(server_state.drain_time_left())
 
     app = FastAPI(title="deepserve", version=SERVER_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings

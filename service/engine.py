@@ -190,10 +190,14 @@ class GenerationEngine:
         self._thread = threading.Thread(target=self._work, name=f"generation-{self.model}", daemon=True)
         self._thread.start()
 
-    async def stop(self, drain: bool = True) -> None:
-        """Stop accepting; with ``drain`` let running and waiting sequences finish, else end them now."""
+    async def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop accepting; with ``drain`` let running and waiting sequences finish (for at most
+        ``timeout`` seconds), then end the rest with ShuttingDownError."""
         self._accepting = False
+        deadline = None if timeout is None else time.monotonic() + timeout
         while drain and (self.running or self.waiting) and self._thread is not None:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             await asyncio.sleep(0.01)
         with self._cond:
             self._stopping = True

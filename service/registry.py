@@ -8,6 +8,7 @@ Run-time load/unload accepts only names that are directories of the store (no pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -258,10 +259,13 @@ class Registry:
             entry.state = "unloading"
         await asyncio.gather(*(self._stop_entry(e, self.settings.drain_timeout_s) for e in entries))
         self._models.pop(name, None)
+        for entry in entries:  # unloaded on purpose: no series left at 0 to fire the not-ready alert
+            with contextlib.suppress(KeyError):
+                self.metrics.model_ready.remove(entry.name, str(entry.version))
 
     async def _stop_entry(self, entry: ModelEntry, timeout: float) -> None:
         if entry.engine is not None:
-            await entry.engine.stop(drain=True)
+            await entry.engine.stop(drain=True, timeout=timeout)
         if entry.batcher is not None:
             await entry.batcher.stop(drain=True, timeout=timeout)
         self.metrics.model_ready.labels(entry.name, str(entry.version)).set(0)

@@ -111,3 +111,14 @@ def test_checkov_dockerfile(checkov_reports: dict[str, Any]) -> None:
     failed = [c["check_id"] for c in report["results"]["failed_checks"]]
     assert not failed, f"checkov findings (fix, or skip with a reason in k8s/checkov.yaml): {failed}"
     assert report["summary"]["passed"] > 50
+
+
+def test_build_checks_import_the_installed_package_not_the_source_tree(parsed: Any) -> None:
+    """In WORKDIR /src, `python -c` puts the source tree first on sys.path: it has no compiled
+    module (.dockerignore drops *.so), so an import check there fails the build. `-I` skips it."""
+    build = _stages(parsed)[0]
+    assert "/src" in _values(build, "WORKDIR")
+    checks = [run for run in _values(build, "RUN") if "import service" in run]
+    assert checks, "the build no longer checks that the native gRPC front imports"
+    for run in checks:
+        assert not re.search(r"python (?!-I )-c", run), run

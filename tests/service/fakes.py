@@ -103,7 +103,7 @@ class FakeEngine:
     async def start(self) -> None:
         self.started = True
 
-    async def stop(self, drain: bool = True) -> None:
+    async def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         self.started = False
 
     def count_tokens(self, prompt: str) -> int:

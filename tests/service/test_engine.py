@@ -22,7 +22,7 @@ from handlers.torch_runtime import TorchRuntime
 from models import build_model
 from models.gpt import GPTWithCache
 from service.engine import GenerationChunk, GenerationEngine, SamplingParams
-from service.errors import InvalidRequestError, QueueFullError
+from service.errors import InvalidRequestError, QueueFullError, ShuttingDownError
 from service.metrics import Metrics
 
 CTX, LAYERS, HEADS, HEAD_DIM = 64, 2, 2, 16
@@ -293,6 +293,22 @@ async def test_n_choices(gpt_runtime: Runtime) -> None:
     assert set(finish(greedy)) == {0, 1} and texts(greedy)[0] == texts(greedy)[1]
     assert gauge(engine, "deepserve_generated_tokens_total") == 3 * 20 + 2 * 10
     assert gauge(engine, "deepserve_prompt_tokens_total") == 2 * len("the")  # one shared prefill
+
+
+async def test_a_drain_longer_than_its_timeout_ends_the_rest_with_shutting_down() -> None:
+    """The pod's grace period is finite: streams still running at the drain timeout are ended
+    (ShuttingDownError, which the transports answer 503), not waited for until SIGKILL."""
+    slow = SlowRuntime(ScriptRuntime(b"abcdefgh" * 8), delay=0.05)  # 60 tokens: about 3 s
+    engine = make_engine(slow)
+    await engine.start()
+    task = asyncio.create_task(collect(engine, "a", SamplingParams(max_tokens=60, temperature=0.0)))
+    while not engine.running:
+        await asyncio.sleep(0.001)
+    started = time.perf_counter()
+    await engine.stop(drain=True, timeout=0.3)
+    assert time.perf_counter() - started < 1.5
+    with pytest.raises(ShuttingDownError):
+        await asyncio.wait_for(task, 5)
 
 
 async def test_stop_delivers_everything_and_ends_both_threads(gpt_runtime: Runtime) -> None:

@@ -86,9 +86,12 @@ async def test_unload_and_load_need_the_management_token(
     assert (await client.get("/v2/models/other")).status_code == 404
     index = {r["name"]: r for r in (await client.post("/v2/repository/index")).json()}
     assert index["other"]["state"] == "UNAVAILABLE" and index["other"]["reason"] == "unloaded"
+    # a deliberate unload leaves no deepserve_model_ready series at 0 (the not-ready alert would fire)
+    assert 'deepserve_model_ready{model="other"' not in (await client.get("/metrics")).text
     before = len(fake_loader)
     assert (await client.post("/v2/repository/models/other/load", headers=TOKEN)).status_code == 200
     assert len(fake_loader) == before + 1 and (await client.get("/v2/models/other/ready")).status_code == 200
+    assert 'deepserve_model_ready{model="other",version="1"} 1.0' in (await client.get("/metrics")).text
 
 
 @pytest.mark.parametrize("name", ["missing", "..", "a..b", "http:%2F%2Fevil"])

@@ -1,0 +1,64 @@
+"""Shutdown within a finite grace period: the transports, the lifespan, the batchers and the engines
+share one drain deadline, so a stuck request cannot keep the process past it (Kubernetes would
+SIGKILL it, and the exit would not be clean)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+from asgi_lifespan import LifespanManager
+from prometheus_client import CollectorRegistry
+
+from service.__main__ import _drain
+from service.app import create_app
+from service.metrics import Metrics
+from service.registry import Registry
+from service.settings import Settings
+from service.state import ServerState
+from tests.service.fakes import SumHandler
+
+BODY = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+
+
+async def test_the_lifespan_stops_within_what_is_left_of_the_drain(tmp_path: Path) -> None:
+    settings = Settings(model_store=tmp_path, drain_timeout_s=1.0)
+    registry = Registry(settings, Metrics(CollectorRegistry()))
+    handler = SumHandler()
+    handler.release.clear()  # the model hangs in its batch (for 10 s at most)
+    await registry.add_handler(handler)
+    registry.loading_done = True
+    state = ServerState()
+    app = create_app(settings, registry, state)
+    async with LifespanManager(app, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            stuck = asyncio.create_task(client.post("/v2/models/sum/infer", json=BODY))
+            while state.inflight == 0:
+                await asyncio.sleep(0.01)
+            state.begin_drain(settings.drain_timeout_s)  # what SIGTERM does
+            await asyncio.sleep(0.8)  # the transports' part of the drain
+            exiting = time.perf_counter()
+    took = time.perf_counter() - exiting
+    handler.release.set()
+    stuck.cancel()
+    # 0.2 s were left: not another full drain for the lifespan plus another for the models
+    assert took < 0.8, f"the lifespan took {took:.2f} s after the drain deadline had nearly passed"
+
+
+async def test_after_the_drain_uvicorn_gets_only_what_is_left(tmp_path: Path) -> None:
+    settings = Settings(model_store=tmp_path, drain_timeout_s=0.3)
+    state = ServerState()
+    state.enter()  # a request that never finishes
+    http: Any = SimpleNamespace(config=SimpleNamespace(timeout_graceful_shutdown=31), should_exit=False)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    started = time.perf_counter()
+    assert await _drain(settings, state, http, done, None) == 0
+    assert time.perf_counter() - started < 1.0
+    assert http.should_exit and http.config.timeout_graceful_shutdown == 1  # not another drain + 1 s
+    assert state.draining and state.drain_time_left() == 0.0

@@ -28,14 +28,20 @@ _PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch", "pt
 
 
 class RequestTracker:
-    """Counts one request: requests_total{code}, duration, in-flight, Triton success/fail."""
+    """Counts one request: requests_total{code}, duration, in-flight, Triton success/fail.
 
-    __slots__ = ("_inflight", "_model", "_protocol", "_registry", "_start", "code")
+    A streamed answer outlives the route's ``with`` block: the route calls ``keep_open`` and the
+    stream calls ``finish`` after its last byte, so the gauge, the duration and the code cover
+    the whole stream.
+    """
+
+    __slots__ = ("_inflight", "_model", "_open", "_protocol", "_registry", "_start", "code")
 
     def __init__(self, registry: Registry, model: str, protocol: str) -> None:
         self._registry = registry
         self._model = model
         self._protocol = protocol
+        self._open = False
         self.code = "200"
 
     def __enter__(self) -> RequestTracker:
@@ -48,10 +54,25 @@ class RequestTracker:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        elapsed = time.perf_counter_ns() - self._start
-        self._inflight.dec()
         if exc is not None:
             self.code = str(as_deepserve_error(exc).status)
+            self._open = False
+        elif self._open:
+            return  # the stream finishes it
+        self._count()
+
+    def keep_open(self) -> None:
+        """The answer is a stream: the request ends at ``finish``, not when the route returns."""
+        self._open = True
+
+    def finish(self) -> None:
+        if self._open:
+            self._open = False
+            self._count()
+
+    def _count(self) -> None:
+        elapsed = time.perf_counter_ns() - self._start
+        self._inflight.dec()
         # unknown names share one label so random names cannot grow the metric without bound
         stats = self._registry.stats_for(self._model)
         label = self._model if stats is not None else "_unknown"
@@ -59,7 +80,7 @@ class RequestTracker:
         counter.inc()
         histogram.observe(elapsed / 1e9)
         if stats is not None:
-            stats.durations["success" if exc is None else "fail"].add(elapsed)
+            stats.durations["success" if self.code == "200" else "fail"].add(elapsed)
 
 
 # -- server and model metadata -----------------------------------------------------------------

@@ -19,8 +19,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from service import inference, json_codec
-from service.errors import DeepserveError, InvalidRequestError, as_deepserve_error
+from service.errors import InvalidRequestError
 from service.http_errors import error_body
+from service.http_stream import TrackedStreamingResponse, record_stream_error
 from service.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from service.registry import Registry
 from service.streaming import merge, prime
@@ -127,13 +128,13 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
     if body.echo or (body.best_of or 1) > 1:
         raise InvalidRequestError("'echo' and 'best_of' > 1 are not supported; leave them unset")
     registry = _registry(request)
-    with inference.RequestTracker(registry, body.model, "openai"):
+    with inference.RequestTracker(registry, body.model, "openai") as tracker:
         prompts = _prompts(registry, body)
         params = _sampling(body, body.max_tokens)
         run = await _start(registry, body.model, prompts, params)
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(_completion_events(body.model, run, include))
+            return _sse(tracker, _completion_events(body.model, run, include, tracker))
         choices, usage = await _collect(run)
     return _json({
         "id": run.id, "object": "text_completion", "created": run.created, "model": body.model,
@@ -148,13 +149,13 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
     if body.tools:
         raise InvalidRequestError("tools / function calling are not supported by these models")
     registry = _registry(request)
-    with inference.RequestTracker(registry, body.model, "openai"):
+    with inference.RequestTracker(registry, body.model, "openai") as tracker:
         prompt = "\n".join(m.text() for m in body.messages if m.role != "tool")
         params = _sampling(body, body.max_completion_tokens or body.max_tokens)
         run = await _start(registry, body.model, [prompt], params)
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(_chat_events(body.model, run, include))
+            return _sse(tracker, _chat_events(body.model, run, include, tracker))
         choices, usage = await _collect(run)
     return _json({
         "id": run.id, "object": "chat.completion", "created": run.created, "model": body.model,
@@ -205,37 +206,41 @@ def _event(payload: Any) -> bytes:
     return b"data: " + json_codec.dumps(payload) + b"\n\n"
 
 
-def _sse(events: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+def _sse(tracker: inference.RequestTracker, events: AsyncIterator[bytes]) -> StreamingResponse:
+    headers = {"Cache-Control": "no-cache"}
+    return TrackedStreamingResponse(tracker, events, media_type="text/event-stream", headers=headers)
 
 
-async def _guarded(run: _Run, make: Any) -> AsyncIterator[bytes]:
-    """Yield events; a mid-stream error becomes an ``error`` event (the client raises APIError)."""
+async def _guarded(run: _Run, make: Any, tracker: inference.RequestTracker) -> AsyncIterator[bytes]:
+    """Yield events; a mid-stream error becomes an ``error`` event (the client raises APIError),
+    and the request is counted with that error's status, not the 200 its header said."""
     try:
         async for source, chunk in run.stream:
             run.completion_tokens += len(chunk.token_ids)
             yield _event(make(source * run.n + chunk.choice, chunk))
-    except DeepserveError as exc:
-        yield _event(error_body(exc, "openai"))
     except Exception as exc:
-        yield _event(error_body(as_deepserve_error(exc), "openai"))
+        yield _event(error_body(record_stream_error(tracker, exc), "openai"))
 
 
-async def _completion_events(model: str, run: _Run, include_usage: bool) -> AsyncIterator[bytes]:
+async def _completion_events(
+    model: str, run: _Run, include_usage: bool, tracker: inference.RequestTracker
+) -> AsyncIterator[bytes]:
     base = {"id": run.id, "object": "text_completion", "created": run.created, "model": model}
 
     def make(index: int, chunk: Any) -> dict[str, Any]:
         choice = {"text": chunk.text, "index": index, "logprobs": None, "finish_reason": chunk.finish_reason}
         return {**base, "choices": [choice]} | ({"usage": None} if include_usage else {})
 
-    async for event in _guarded(run, make):
+    async for event in _guarded(run, make, tracker):
         yield event
     if include_usage:
         yield _event({**base, "choices": [], "usage": run.usage()})
     yield b"data: [DONE]\n\n"
 
 
-async def _chat_events(model: str, run: _Run, include_usage: bool) -> AsyncIterator[bytes]:
+async def _chat_events(
+    model: str, run: _Run, include_usage: bool, tracker: inference.RequestTracker
+) -> AsyncIterator[bytes]:
     base = {"id": run.id, "object": "chat.completion.chunk", "created": run.created, "model": model}
     extra = {"usage": None} if include_usage else {}
     for index in range(run.n):
@@ -247,7 +252,7 @@ async def _chat_events(model: str, run: _Run, include_usage: bool) -> AsyncItera
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": chunk.finish_reason}
         return {**base, "choices": [choice], **extra}
 
-    async for event in _guarded(run, make):
+    async for event in _guarded(run, make, tracker):
         yield event
     if include_usage:
         yield _event({**base, "choices": [], "usage": run.usage()})

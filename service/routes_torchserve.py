@@ -13,10 +13,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from service import inference, json_codec
 from service.errors import InvalidRequestError
+from service.http_stream import TrackedStreamingResponse
 from service.registry import Registry
 from service.streaming import prime
 
@@ -81,14 +82,14 @@ def encode_result(result: Any) -> Response:
 @router.api_route("/predictions/{model}", methods=["POST", "PUT"])
 async def predictions(request: Request, model: str, version: str | None = None) -> Response:
     registry: Registry = request.app.state.registry
-    with inference.RequestTracker(registry, model, "torchserve"):
+    with inference.RequestTracker(registry, model, "torchserve") as tracker:
         inference.admit(registry, model, version)  # a full queue refuses before the body is parsed
         body, content_type = await decode_body(request)
         params: dict[str, Any] = dict(request.query_params)
         entry = registry.get(model, version)
         if entry.engine is not None:
             stream = await prime(_stream(registry, model, body, params))
-            return StreamingResponse(stream, media_type="text/plain; charset=utf-8")
+            return TrackedStreamingResponse(tracker, stream, media_type="text/plain; charset=utf-8")
         result = await inference.predict(registry, model, version, body, content_type, params)
     return encode_result(result)
 

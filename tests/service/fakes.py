@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -92,13 +93,20 @@ class EmbedHandler(SumHandler):
 
 
 class FakeEngine:
-    """Stands in for service.engine.GenerationEngine: echoes the prompt reversed, one char per chunk."""
+    """Stands in for service.engine.GenerationEngine: echoes the prompt reversed, one char per chunk.
+
+    ``gate`` cleared holds every stream after its first chunk; the prompt "fail midway" fails
+    (503, shutting down) after its first chunk.
+    """
 
     def __init__(self, max_waiting: int = 4) -> None:
         self.max_waiting = max_waiting
         self.waiting = 0
         self.running = 0
         self.started = False
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.chunks = 0  # yielded so far, all streams
 
     async def start(self) -> None:
         self.started = True
@@ -111,7 +119,7 @@ class FakeEngine:
 
     async def generate(self, prompt: str, params: Any) -> Any:
         from service.engine import GenerationChunk
-        from service.errors import InvalidRequestError, QueueFullError
+        from service.errors import InvalidRequestError, QueueFullError, ShuttingDownError
 
         if prompt == "overload":
             raise QueueFullError("fake engine is full; retry", retry_after=2.0)
@@ -123,6 +131,10 @@ class FakeEngine:
                 last = i == len(text) - 1
                 reason = ("length" if len(prompt) >= params.max_tokens else "stop") if last else None
                 yield GenerationChunk(choice, ch, [ord(ch)], reason)
+                self.chunks += 1
+                await self.gate.wait()
+                if prompt == "fail midway":
+                    raise ShuttingDownError("the fake engine is shutting down; retry elsewhere")
 
 
 def make_generation_handler() -> SumHandler:

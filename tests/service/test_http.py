@@ -359,6 +359,70 @@ async def test_generation_errors_arrive_before_the_stream(served: Served) -> Non
     assert r.status_code == 400 and "context window" in r.json()["error"]["message"]
 
 
+async def test_a_stream_counts_as_one_request_until_its_last_byte(served: Served) -> None:
+    """The autoscaler reads the in-flight gauge, and the error alert the status codes: a stream
+    is in flight while it streams, and an error in its middle counts with its own status."""
+    metrics = served.app.state.registry.metrics.registry
+    engine = served.app.state.registry.get("gen").engine
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.get_sample_value(name, {"model": "gen", **labels})  # type: ignore[no-any-return]
+
+    for path, body, protocol in (
+        ("/v1/completions", {"model": "gen", "prompt": "abc", "stream": True}, "openai"),
+        ("/predictions/gen", {"prompt": "abc"}, "torchserve"),
+    ):
+        engine.gate.clear()  # the stream holds after its first chunk
+        before = engine.chunks
+        streaming = asyncio.create_task(served.client.post(path, json=body))
+        for _ in range(200):
+            if engine.chunks > before:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the chunk is on its way to the client
+        assert sample("deepserve_inflight_requests") == 1.0, f"{path}: a running stream is not in flight"
+        engine.gate.set()
+        assert (await streaming).status_code == 200
+        assert sample("deepserve_inflight_requests") == 0.0
+        assert sample("deepserve_requests_total", protocol=protocol, code="200") == 1.0
+
+    failing = {"model": "gen", "prompt": "fail midway", "stream": True}
+    r = await served.client.post("/v1/completions", json=failing)
+    assert r.status_code == 200 and "shutting down" in r.text  # the header was sent before the error
+    assert sample("deepserve_requests_total", protocol="openai", code="503") == 1.0
+    assert sample("deepserve_inflight_requests") == 0.0
+
+
+async def test_a_client_that_leaves_mid_stream_counts_as_499(served: Served) -> None:
+    from service.http_stream import TrackedStreamingResponse
+    from service.inference import RequestTracker
+
+    registry = served.app.state.registry
+    started = asyncio.Event()
+
+    async def tokens() -> AsyncIterator[bytes]:
+        yield b"first"
+        started.set()
+        await asyncio.sleep(30)  # the client leaves before this ends
+        yield b"never sent"
+
+    async def receive() -> dict[str, Any]:
+        await started.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    with RequestTracker(registry, "gen", "openai") as tracker:
+        response = TrackedStreamingResponse(tracker, tokens(), media_type="text/event-stream")
+    scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "POST", "path": "/v1/completions"}
+    await asyncio.wait_for(response(scope, receive, send), 5)
+    metrics = registry.metrics.registry
+    labels = {"model": "gen", "protocol": "openai", "code": "499"}
+    assert metrics.get_sample_value("deepserve_requests_total", labels) == 1.0
+    assert metrics.get_sample_value("deepserve_inflight_requests", {"model": "gen"}) == 0.0
+
+
 # -- metrics -------------------------------------------------------------------------------
 async def test_metrics_exposition(served: Served) -> None:
     await served.client.post("/v2/models/sum/infer", json=_sum_request([[1, 2, 3]]))

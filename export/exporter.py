@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 
-from export.errors import UnknownModelError
+from export.errors import ExportError, UnknownModelError
 from export.generative_plans import plan_generator, plan_gpt, plan_vae
 from export.greedy import greedy_check
 from export.onnx_graph import ort_session
 from export.parity import measure, ort_runner, torch_runner
 from export.plan import GraphPlan
 from export.planners import plan_image, plan_tabular, plan_text
-from export.schema import GenerationDefaults, ModelSpec, Variant
+from export.schema import GenerationDefaults, ModelSpec, Variant, is_plain_model_name
 from export.variants import VariantResult, write_parity
 from export.version_dir import resolve_version, staged_version
 from export.writers import Step, steps
@@ -185,8 +185,13 @@ def export_checkpoint(
 
     ckpt = read_checkpoint(checkpoint)
     base = name or str(ckpt.meta.get("recipe") or "") or ckpt.model_name
-    if base == "custom":
-        base = ckpt.model_name
+    if base == "custom":  # the user's own data: named after it (houses.csv -> houses)
+        base = str(ckpt.meta.get("name") or ckpt.model_name)
+    if not is_plain_model_name(base):
+        raise ExportError(
+            f"model name {base!r} is not a plain model-store name (letters, digits, '.', '_', '-'; "
+            "no paths); pass --name"
+        )
     store = Path(store)
     plans = plan_checkpoint(ckpt)
     targets = [(p, base + p.suffix) for p in plans]

@@ -13,10 +13,19 @@ and channels, feature names, tokenizer) and the statistics for the record.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# A model's directory name in the store, as export writes it and the server serves it: plain, so a
+# name can never reach outside the store ("..", "/", URLs).
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def is_plain_model_name(name: str) -> bool:
+    return bool(MODEL_NAME.match(name)) and ".." not in name
 
 SCHEMA_VERSION = 1
 

@@ -42,7 +42,10 @@ def decode_image(data: bytes, pre: ImagePreprocessing, *, name: str = "image") -
         array = np.asarray(img, dtype=np.float32) / 255.0
     except Image.DecompressionBombError as exc:  # over PIL's own limit, raised by Image.open
         raise InvalidInputError(f"input {name!r}: {exc}; the limit is {MAX_IMAGE_PIXELS} pixels") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except UnidentifiedImageError as exc:  # its message names the in-memory file object: not useful
+        msg = f"input {name!r}: {len(data)} bytes are not a PNG or JPEG image"
+        raise InvalidInputError(msg) from exc
+    except (OSError, ValueError) as exc:
         msg = f"input {name!r}: cannot decode {len(data)} bytes as PNG/JPEG ({exc})"
         raise InvalidInputError(msg) from exc
     return array[None, :, :] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import signal
+import socket
 import sys
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
@@ -68,9 +69,15 @@ def run(settings: Settings) -> int:
     import prometheus_client
 
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created doubles scrapes
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(  # force: `deepserve up` may have logged (and so configured logging) already
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+    if not settings.model_store.is_dir():
+        log.error(
+            "model store %s does not exist: pass --store (or DEEPSERVE_MODEL_STORE), or build one with "
+            "`deepserve up` / `deepserve store build --store %s`", settings.model_store, settings.model_store
+        )
+        return 2
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop
@@ -82,7 +89,24 @@ def run(settings: Settings) -> int:
         return runner.run(serve(settings))
 
 
+def _bind_http(host: str, port: int) -> socket.socket:
+    """The HTTP socket, bound before anything starts, so a taken port is one clear error."""
+    host = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot bind HTTP on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
 async def serve(settings: Settings) -> int:
+    try:
+        http_socket = _bind_http(settings.host, settings.http_port)
+    except OSError as exc:
+        return _cannot_bind(exc)
     state = ServerState()
     app = create_app(settings, state=state)
     config = uvicorn.Config(
@@ -93,12 +117,16 @@ async def serve(settings: Settings) -> int:
     http = _Uvicorn(config)
     grpc_server = create_grpc_server(app.state.registry, settings, state) if settings.enable_grpc else None
     if grpc_server is not None:
-        await grpc_server.start()
+        try:
+            await grpc_server.start()
+        except OSError as exc:
+            http_socket.close()
+            return _cannot_bind(exc)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    http_task = asyncio.create_task(http.serve())
+    http_task = asyncio.create_task(http.serve(sockets=[http_socket]))
     grpc_at = f"{settings.host}:{settings.grpc_port} ({grpc_server.front} front)" if grpc_server else "off"
     log.info("serving %s: HTTP %s:%d, gRPC %s", settings.model_store, settings.host, settings.http_port,
              grpc_at)  # fmt: skip
@@ -110,6 +138,14 @@ async def serve(settings: Settings) -> int:
             await grpc_server.stop(0)
         return 1
     return await _drain(settings, state, http, http_task, grpc_server)
+
+
+def _cannot_bind(exc: OSError) -> int:
+    log.error(
+        "%s. Is another deepserve (or `deepserve up`) running? Stop it, or choose other ports with "
+        "--http-port / --grpc-port (0 turns gRPC off).", exc
+    )
+    return 1
 
 
 async def _drain(

@@ -71,16 +71,26 @@ def error_response(exc: BaseException, path: str) -> Response:
     return Response(body, status_code=error.status, media_type="application/json", headers=headers)
 
 
+def _problem(error: dict[str, Any]) -> str:
+    """One of FastAPI's validation errors in words a client can act on."""
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":  # loc: ("body", character offset)
+        reason = (error.get("ctx") or {}).get("error", "")
+        at = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return f"the body is not valid JSON{at}" + (f" ({reason})" if reason else "")
+    if loc == ("body",) and error.get("type") in ("model_attributes_type", "dict_type"):
+        return "the body must be a JSON object, sent with content-type: application/json"
+    field = ".".join(str(p) for p in loc if p != "body")
+    return f"{field}: {error.get('msg')}" if field else str(error.get("msg"))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def typed(request: Request, exc: Exception) -> Response:
         return error_response(exc, request.url.path)
 
     async def validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
-            for e in exc.errors()
-        )
+        problems = "; ".join(_problem(e) for e in exc.errors())
         return error_response(InvalidRequestError(f"invalid request body: {problems}"), request.url.path)
 
     async def http(request: Request, exc: Exception) -> Response:

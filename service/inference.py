@@ -223,7 +223,7 @@ async def embed(registry: Registry, name: str, inputs: list[Any]) -> tuple[np.nd
     handler, batcher = entry.handler, entry.batcher
     assert handler is not None and batcher is not None
     if handler.spec.task != "embedding":
-        raise InvalidRequestError(f"model {name!r} is a {handler.spec.task} model, not an embedding model")
+        raise InvalidRequestError(f"model {name!r} is not an embedding model (its task: {handler.spec.task})")
     batcher.admit()  # a full queue refuses before the tokenizer runs
     request = PayloadRequest(inputs, "application/json", {})
     item = handler.preprocess(request)
@@ -249,7 +249,7 @@ def generation_entry(registry: Registry, name: str) -> ModelEntry:
     entry = registry.get(name)
     if entry.handler is not None and entry.handler.spec.task != "text-generation":
         raise InvalidRequestError(
-            f"model {name!r} is a {entry.handler.spec.task} model; it cannot generate text"
+            f"model {name!r} cannot generate text (its task: {entry.handler.spec.task})"
         )
     if entry.engine is None:
         raise ModelNotReadyError(f"model {name!r} has no generation engine running; see the server log")

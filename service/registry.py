@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from export.schema import MODEL_NAME, is_plain_model_name
 from handlers.base import Handler
 from service.batching import DynamicBatcher
 from service.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
@@ -26,7 +26,6 @@ from service.stats import ModelStatistics
 log = logging.getLogger(__name__)
 
 State = Literal["loading", "ready", "failed", "unloading"]
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TRITON_STATE = {"loading": "LOADING", "ready": "READY", "failed": "UNAVAILABLE", "unloading": "UNLOADING"}
 
 
@@ -52,7 +51,7 @@ class ModelEntry:
 
 def check_model_name(name: str) -> str:
     """Names come from clients on load/unload: only plain store directory names pass."""
-    if not _NAME.match(name) or ".." in name:
+    if not is_plain_model_name(name):
         raise InvalidRequestError(
             f"model name {name!r} is not a plain model-store name (letters, digits, '.', '_', '-'; "
             "no paths or URLs)"
@@ -121,7 +120,7 @@ class Registry:
         found: dict[str, list[int]] = {}
         if not store.is_dir():
             return found
-        for model_dir in sorted(p for p in store.iterdir() if p.is_dir() and _NAME.match(p.name)):
+        for model_dir in sorted(p for p in store.iterdir() if p.is_dir() and MODEL_NAME.match(p.name)):
             versions = sorted(
                 int(v.name) for v in model_dir.iterdir() if v.name.isdigit() and (v / "model.json").is_file()
             )

@@ -131,7 +131,7 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
     with inference.RequestTracker(registry, body.model, "openai") as tracker:
         prompts = _prompts(registry, body)
         params = _sampling(body, body.max_tokens)
-        run = await _start(registry, body.model, prompts, params)
+        run = await _start(registry, body.model, prompts, params, "cmpl")
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(tracker, _completion_events(body.model, run, include, tracker))
@@ -152,7 +152,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
     with inference.RequestTracker(registry, body.model, "openai") as tracker:
         prompt = "\n".join(m.text() for m in body.messages if m.role != "tool")
         params = _sampling(body, body.max_completion_tokens or body.max_tokens)
-        run = await _start(registry, body.model, [prompt], params)
+        run = await _start(registry, body.model, [prompt], params, "chatcmpl")
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(tracker, _chat_events(body.model, run, include, tracker))
@@ -168,8 +168,10 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
 class _Run:
     """One API call: its prompts' merged chunk streams and what the usage block needs."""
 
-    def __init__(self, stream: AsyncIterator[tuple[int, Any]], n: int, prompt_tokens: int) -> None:
-        self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
+    def __init__(
+        self, stream: AsyncIterator[tuple[int, Any]], n: int, prompt_tokens: int, prefix: str
+    ) -> None:
+        self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"  # OpenAI's: cmpl-… completions, chatcmpl-… chat
         self.created = int(time.time())
         self.stream, self.n, self.prompt_tokens = stream, n, prompt_tokens
         self.completion_tokens = 0
@@ -183,10 +185,10 @@ class _Run:
         }
 
 
-async def _start(registry: Registry, model: str, prompts: list[str], params: Any) -> _Run:
+async def _start(registry: Registry, model: str, prompts: list[str], params: Any, prefix: str) -> _Run:
     tokens = sum(inference.count_tokens(registry, model, p) for p in prompts)
     sources = [await prime(inference.generate(registry, model, p, params)) for p in prompts]
-    return _Run(merge(sources), params.n, tokens)
+    return _Run(merge(sources), params.n, tokens, prefix)
 
 
 async def _collect(run: _Run) -> tuple[list[dict[str, Any]], dict[str, int]]:

@@ -45,8 +45,17 @@ class TrainConfig:
         return asdict(self)
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
-        """A copy with the non-None overrides applied (CLI flags left unset keep the recipe's value)."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        """A copy with the overrides applied: None keeps the recipe's value (a CLI flag left unset),
+        ``OFF`` turns an optional setting off (``--patience 0``, ``--grad-clip 0``)."""
+        return replace(self, **{k: None if v is OFF else v for k, v in overrides.items() if v is not None})
+
+
+class _Off:
+    def __repr__(self) -> str:
+        return "OFF"
+
+
+OFF: Any = _Off()  # an override that sets an optional field to None, where None itself means "keep"
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from training import distributed as ddp
-from training.config import OPTIMIZERS, SCHEDULERS
+from training.config import OFF, OPTIMIZERS, SCHEDULERS
 from training.data import DataError
 from training.job import Job
 from training.optim import ConfigError
@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", help=f"a recipe ({', '.join(RECIPES)}) or one of: {', '.join(USER_SOURCES)}")
     p.add_argument("path", nargs="?", type=Path, help="the CSV file / image folder / text file (user data)")
     p.add_argument("--quick", action="store_true", help="tiny model and a few steps (seconds; for tests)")
-    p.add_argument("--out", type=Path, help="output folder (default runs/<recipe>/)")
+    p.add_argument(
+        "--out", type=Path, help="output folder (default runs/<recipe>/; your data: runs/<source>-<name>/)"
+    )
     user = p.add_argument_group("user data")
     user.add_argument("--label", help="CSV: the label column")
     user.add_argument(
@@ -95,9 +97,9 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         )
     }
     if args.grad_clip is not None:
-        o["grad_clip"] = args.grad_clip or None
+        o["grad_clip"] = args.grad_clip or OFF
     if args.patience is not None:
-        o["patience"] = args.patience or None
+        o["patience"] = args.patience or OFF
     for key in ("epochs", "batch_size", "grad_accum", "max_steps", "threads"):
         if o[key] is not None and o[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {o[key]}")

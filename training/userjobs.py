@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ def make_user_job(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[
         config = _gpt(args.context, 4, 4, 128)
         quick_config = _gpt(args.context, 1, 2, 32)
     cfg = (QUICK if args.quick else train).with_overrides(**overrides)
-    out = args.out or Path("runs") / f"{args.what}-{Path(args.path).stem}"
+    stem = Path(args.path).stem
+    out = args.out or Path("runs") / f"{args.what}-{stem}"
     job = Job(
         "custom",
         model,
@@ -65,5 +67,7 @@ def make_user_job(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[
         out,
         augment=False,
         progress=args.progress,
+        # what `deepserve export` names the model by default: the data's own name
+        meta={"name": re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "custom"},
     )
     return job, trainer

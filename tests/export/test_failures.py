@@ -11,7 +11,7 @@ import torch
 
 import export.exporter as exporter
 from export.__main__ import main
-from export.errors import ParityError, UnknownModelError, VersionExistsError
+from export.errors import ExportError, ParityError, UnknownModelError, VersionExistsError
 from export.schema import ModelSpec
 from export.writers import Step
 from tests.export.cases import ExportCase, case, write_checkpoint
@@ -38,6 +38,15 @@ def test_default_versions_count_up_and_existing_needs_force(mlp_ckpt: Path, tmp_
     exporter.export_checkpoint(mlp_ckpt, store, name="m", version=1, force=True, skip_slow=True)
     assert (store / "m" / "1" / "model.json").stat().st_mtime_ns != before
     assert sorted(p.name for p in (store / "m").iterdir()) == ["1", "2"]  # no temp dirs left
+
+
+def test_your_own_data_is_named_after_its_file_by_default(tmp_path: Path) -> None:
+    """`deepserve train csv houses.csv` then `deepserve export` serves `houses`, not a second
+    version of whatever else shares its architecture."""
+    mlp = case("mlp")
+    ckpt = write_checkpoint(dataclasses.replace(mlp, meta={**mlp.meta, "name": "houses"}), tmp_path / "h.pt")
+    written = exporter.export_checkpoint(ckpt, tmp_path / "store", skip_slow=True)
+    assert [str(p.relative_to(tmp_path / "store")) for p in written] == ["houses/1"]
 
 
 def test_model_json_validates_and_round_trips(mlp_ckpt: Path, tmp_path: Path) -> None:
@@ -122,6 +131,13 @@ def test_vae_failure_in_the_decoder_leaves_no_encoder_either(
     assert _store_entries(tmp_path / "store") == []
 
 
+@pytest.mark.parametrize("name", ["../evil", "a/b", "/abs", ".hidden", "a..b"])
+def test_a_name_that_leaves_the_store_is_refused(mlp_ckpt: Path, tmp_path: Path, name: str) -> None:
+    with pytest.raises(ExportError, match="plain model-store name"):
+        exporter.export_checkpoint(mlp_ckpt, tmp_path / "store", name=name)
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "store").exists()
+
+
 def test_unknown_model_and_task(tmp_path: Path) -> None:
     bad = ExportCase("x", "mlp", case("mlp").config, {**case("mlp").meta, "task": "segmentation"})
     with pytest.raises(UnknownModelError, match="segmentation"):
@@ -144,6 +160,12 @@ def test_cli_errors_are_one_line(mlp_ckpt: Path, tmp_path: Path, capsys: pytest.
     assert "not a readable torch checkpoint" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(CheckpointError):
         exporter.export_checkpoint(corrupt, tmp_path / "store")
+    # a CSV (or any text) handed over by mistake: torch.load fails deep in its legacy unpickler
+    text = tmp_path / "data.csv"
+    text.write_text("a,b,label\n1,2,x\n")
+    assert main([str(text), "--store", store]) == 1
+    err = capsys.readouterr().err
+    assert "not a readable torch checkpoint" in err and len(err.strip().splitlines()) == 1
     assert main([str(mlp_ckpt), "--store", store, "--name", "m", "--version", "3"]) == 0
     assert "m/3" in capsys.readouterr().out
     assert main([str(mlp_ckpt), "--store", store, "--name", "m", "--version", "3"]) == 1

@@ -69,7 +69,7 @@ def test_a_batch_of_mixed_requests_answers_each_in_order(
     [(label, prob)] = results[1].items()  # top_k=1 of the second image, which is row 1 of the JSON body
     assert prob == pytest.approx(max(results[2][1].values())) and results[2][1][label] == pytest.approx(prob)
     assert results[3]["code"] == 400 and results[3]["type"] == "InvalidInputError"
-    assert "cannot decode" in results[3]["message"]
+    assert "not a PNG or JPEG image" in results[3]["message"]
     assert context.statuses == {3: (400, results[3]["message"])}
     assert context.content_types == dict.fromkeys(range(4), "application/json")
     json.dumps(results)  # what TorchServe does with a non-bytes answer

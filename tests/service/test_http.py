@@ -325,6 +325,18 @@ async def test_openai_errors_have_openai_shape(served: Served) -> None:
     assert r.status_code == 400 and "not an embedding model" in r.json()["error"]["message"]
 
 
+async def test_openai_body_errors_say_what_to_fix(served: Served) -> None:
+    post = served.client.post
+    unclosed = b'{"model":"embed","input":["a"]'
+    r = await post("/v1/embeddings", content=unclosed, headers={"content-type": "application/json"})
+    message = r.json()["error"]["message"]
+    assert r.status_code == 400 and "not valid JSON at character" in message and "delimiter" in message
+    r = await post("/v1/embeddings", content=b"model=embed", headers={"content-type": "text/plain"})
+    assert r.status_code == 400 and "content-type: application/json" in r.json()["error"]["message"]
+    r = await served.client.post("/v1/embeddings", json={"model": "embed", "input": 5})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("invalid request body: input")
+
+
 async def test_completions_and_chat(served: Served) -> None:
     r = await served.client.post("/v1/completions", json={"model": "gen", "prompt": "abc", "max_tokens": 8})
     body = r.json()
@@ -334,6 +346,7 @@ async def test_completions_and_chat(served: Served) -> None:
             "max_completion_tokens": 1}  # fmt: skip
     body = (await served.client.post("/v1/chat/completions", json=chat)).json()
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "y"}
+    assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
     assert body["choices"][0]["finish_reason"] == "length"
 
 

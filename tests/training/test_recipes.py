@@ -100,3 +100,20 @@ def test_topic_snippets_use_the_named_topics() -> None:
     assert set(data.test.tensors[2].tolist()) == set(range(len(DOCS_TOPICS)))  # every topic in test
     with pytest.raises(DataError, match="unknown reference topic"):
         topic_snippets(topics=("compound", "no-such-topic"))
+
+
+@pytest.mark.parametrize("flag, field", [("--patience", "patience"), ("--grad-clip", "grad_clip")])
+def test_zero_turns_early_stopping_and_clipping_off(flag: str, field: str, tmp_path: Path) -> None:
+    """`--patience 0` / `--grad-clip 0` are documented as "off": the recipe's value must not survive."""
+    from training.recipes import RECIPES, make_job
+    from training.train import build_parser, overrides
+
+    def trained_with(*flags: str) -> object:
+        args = build_parser().parse_args(["tabular-mlp", *flags])
+        return getattr(make_job("tabular-mlp", tmp_path, overrides=overrides(args)).cfg, field)
+
+    recipe_value = getattr(RECIPES["tabular-mlp"].train, field)
+    assert recipe_value is not None  # the recipe sets it
+    assert trained_with(flag, "0") is None
+    assert trained_with(flag, "3") == 3
+    assert trained_with() == recipe_value  # the flag left unset keeps the recipe's value

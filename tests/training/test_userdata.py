@@ -51,6 +51,7 @@ def test_custom_csv_trains_classifier(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 0
     ckpt = load_checkpoint(tmp_path / "out" / "checkpoint.pt")
     assert ckpt.meta["labels"] == ["big", "small"] and ckpt.meta["recipe"] == "custom"
+    assert ckpt.meta["name"] == "d"  # `deepserve export` names the model after the data file
     assert ckpt.meta["preprocessing"]["features"] == ["a", "b", "c"]
     assert ckpt.build()(torch.zeros(2, 3)).shape == (2, 2)
 

@@ -201,7 +201,13 @@ def test_inferenceservice_runs_the_same_image(rendered: dict[str, list[Doc]]) ->
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert pred["securityContext"]["runAsNonRoot"] is True
-    assert pred["minReplicas"] >= 1 and pred["maxReplicas"] >= pred["minReplicas"]
+    assert pred["minReplicas"] >= 2 and pred["maxReplicas"] >= pred["minReplicas"]  # a drain keeps one
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):  # the Deployment's timings
+        timing = ("periodSeconds", "timeoutSeconds", "failureThreshold")
+        assert {k: c[probe].get(k) for k in timing} == {k: dep_container[probe].get(k) for k in timing}, probe
+    pdb = one(load_file(MONITORING / "inferenceservice.yaml"), "PodDisruptionBudget", "deepserve-isvc")
+    selects = pdb["spec"]["selector"]["matchLabels"]
+    assert selects == {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}
     mode = isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
     assert mode in {"RawDeployment", "Serverless"}
     env = {e["name"]: e["value"] for e in c["env"]}

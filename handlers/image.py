@@ -43,7 +43,7 @@ def decode_image(data: bytes, pre: ImagePreprocessing, *, name: str = "image") -
     except Image.DecompressionBombError as exc:  # over PIL's own limit, raised by Image.open
         raise InvalidInputError(f"input {name!r}: {exc}; the limit is {MAX_IMAGE_PIXELS} pixels") from exc
     except UnidentifiedImageError as exc:  # its message names the in-memory file object: not useful
-        msg = f"input {name!r}: {len(data)} bytes are not a PNG or JPEG image"
+        msg = f"input {name!r}: cannot decode {len(data)} bytes: not a PNG or JPEG image"
         raise InvalidInputError(msg) from exc
     except (OSError, ValueError) as exc:
         msg = f"input {name!r}: cannot decode {len(data)} bytes as PNG/JPEG ({exc})"

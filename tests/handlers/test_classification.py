@@ -113,9 +113,9 @@ def test_kserve_outputs_and_output_selection(image_handler: Handler) -> None:
         ),
         (
             TensorRequest({"image": np.array([b"GIF89a-broken"], dtype=object)}),
-            r"input 'image': 13 bytes are not a PNG or JPEG image$",
+            r"input 'image': cannot decode 13 bytes: not a PNG or JPEG image$",
         ),
-        (PayloadRequest(b"\x89PNG garbage"), r"12 bytes are not a PNG or JPEG image$"),
+        (PayloadRequest(b"\x89PNG garbage"), r"cannot decode 12 bytes: not a PNG or JPEG image$"),
         (PayloadRequest("not base64!"), r"a string must be base64-encoded image bytes"),
         (PayloadRequest({"picture": 1}), r"JSON body needs 'pixels'"),
         (PayloadRequest({"pixels": [[1, 2], [3]]}), r"input 'pixels' must be a nested list of numbers"),

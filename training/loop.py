@@ -186,7 +186,7 @@ def fit(
     stepper = _Stepper(model, cfg, device, total, Budget(cfg.max_seconds))
     show, result = show_progress(ctx, progress), FitResult()
     best_state: dict[str, Tensor] | None = None
-    start, stale = time.perf_counter(), 0
+    start, stale, best_step = time.perf_counter(), 0, 0
     for epoch in range(1, cfg.epochs + 1):
         set_epoch(train, epoch)
         train_loss = _train_epoch(
@@ -215,10 +215,15 @@ def fit(
             tqdm.write(_format(row), file=sys.stderr)
         if val_loss < result.best_val_loss:
             result.best_val_loss, result.best_epoch, stale = val_loss, epoch, 0
+            best_step = stepper.steps
             best_state = copy.deepcopy(core.state_dict())
         else:
             stale += 1
-        result.stopped_early = cfg.patience is not None and stale >= cfg.patience
+        result.stopped_early = (
+            cfg.patience is not None
+            and stale >= cfg.patience
+            and stepper.steps - best_step >= cfg.min_patience_steps
+        )
         if result.stopped_early or stepper.done(ctx.enabled):
             break
     if best_state is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,9 @@ from training.recipes import QUICK, _gpt, _mlp, _resnet
 from training.userdata import load_csv, load_image_folder, load_text
 
 USER_SOURCES = ("csv", "images", "text")
+# Fewest optimizer steps a run on your data is given (unless --epochs says otherwise): a folder of
+# 45 images is one step an epoch, and 30 epochs of it learn little. Early stopping ends it sooner.
+MIN_STEPS = 300
 
 # (trainer, model, default config, quick config, default training settings)
 _PLANS: dict[str, tuple[str, str, Any, Any, TrainConfig]] = {
@@ -56,6 +61,9 @@ def make_user_job(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[
         config = _gpt(args.context, 4, 4, 128)
         quick_config = _gpt(args.context, 1, 2, 32)
     cfg = (QUICK if args.quick else train).with_overrides(**overrides)
+    if not args.quick and overrides.get("epochs") is None:
+        per_epoch = math.ceil(len(data.train) / (cfg.batch_size * cfg.grad_accum))
+        cfg = replace(cfg, epochs=max(cfg.epochs, math.ceil(MIN_STEPS / per_epoch)))
     stem = Path(args.path).stem
     out = args.out or Path("runs") / f"{args.what}-{stem}"
     job = Job(

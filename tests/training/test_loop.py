@@ -68,6 +68,7 @@ def test_early_stopping_restores_best_weights() -> None:
         scheduler="none",
         grad_clip=None,
         patience=2,
+        min_patience_steps=0,  # the epoch rule alone
     )
     loader = DataLoader(data, batch_size=8)
     result = fit(
@@ -84,6 +85,17 @@ def test_early_stopping_restores_best_weights() -> None:
     assert result.stopped_early and len(losses) == result.best_epoch + 2
     assert result.best_val_loss == min(losses) and losses[-1] > result.best_val_loss
     torch.testing.assert_close(model.state_dict(), snapshots[result.best_epoch - 1])
+
+
+def test_early_stopping_waits_enough_steps_on_tiny_data() -> None:
+    """One step an epoch: `patience` epochs alone would stop after a handful of steps."""
+    torch.manual_seed(0)
+    data = linear_data(8)
+    cfg = TrainConfig(epochs=200, batch_size=8, lr=0.0, scheduler="none", patience=2, min_patience_steps=20)
+    loader = DataLoader(data, batch_size=8)  # lr 0: the val loss never improves after epoch 1
+    result = fit(nn.Linear(5, 1), loader, loader, mse, cfg, device=torch.device("cpu"), progress=False)
+    assert result.stopped_early and result.best_epoch == 1
+    assert result.steps == 1 + 20 and len(result.history) == 21, (result.steps, len(result.history))
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)

@@ -122,3 +122,18 @@ def test_bad_user_data_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Capt
         assert code == 2, argv
         assert expected in err, (argv, err)
         assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_a_tiny_folder_gets_enough_steps_to_learn(tmp_path: Path) -> None:
+    """12 images are one optimizer step an epoch: the default 30 epochs would be 30 steps.
+    Without --epochs a run on your data is planned for at least MIN_STEPS; with it, as asked."""
+    from training.train import build_parser, overrides
+    from training.userjobs import MIN_STEPS, make_user_job
+
+    folder = write_images(tmp_path / "imgs", {"cats": 10, "dogs": 200})
+    args = build_parser().parse_args(["images", str(folder), "--image-size", "8"])
+    job, _ = make_user_job(args, overrides(args))
+    per_epoch = -(-len(job.data.train) // job.cfg.batch_size)
+    assert per_epoch == 1 and job.cfg.epochs * per_epoch >= MIN_STEPS
+    args = build_parser().parse_args(["images", str(folder), "--image-size", "8", "--epochs", "7"])
+    assert make_user_job(args, overrides(args))[0].cfg.epochs == 7

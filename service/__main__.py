@@ -26,6 +26,7 @@ from service.settings import Settings
 from service.state import ServerState
 
 log = logging.getLogger("deepserve")
+BACKLOG = 4096  # connections the kernel queues before accept: bursts of new clients are not refused
 
 
 class _Uvicorn(uvicorn.Server):
@@ -89,29 +90,40 @@ def run(settings: Settings) -> int:
         return runner.run(serve(settings))
 
 
-def _bind_http(host: str, port: int) -> socket.socket:
-    """The HTTP socket, bound before anything starts, so a taken port is one clear error."""
-    host = host.strip("[]")
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def _bind_http(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """The HTTP sockets, listening before anything starts: a taken port is one clear error, and a
+    second server cannot take the port while the first loads its models. One socket per address
+    the host resolves to, as asyncio's create_server binds them ("localhost": 127.0.0.1 and ::1)."""
+    sockets: list[socket.socket] = []
     try:
-        sock.bind((host, port))
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # its own socket for IPv6, as asyncio does
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
     except OSError as exc:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise OSError(f"cannot bind HTTP on {host}:{port}: {exc.strerror or exc}") from exc
-    return sock
+    return sockets
 
 
 async def serve(settings: Settings) -> int:
     try:
-        http_socket = _bind_http(settings.host, settings.http_port)
+        http_sockets = _bind_http(settings.host, settings.http_port, BACKLOG)
     except OSError as exc:
         return _cannot_bind(exc)
     state = ServerState()
     app = create_app(settings, state=state)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.http_port, http="httptools", lifespan="on",
-        access_log=False, log_level=settings.log_level, backlog=4096, timeout_keep_alive=30,
+        access_log=False, log_level=settings.log_level, backlog=BACKLOG, timeout_keep_alive=30,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
     )  # fmt: skip
     http = _Uvicorn(config)
@@ -120,22 +132,25 @@ async def serve(settings: Settings) -> int:
         try:
             await grpc_server.start()
         except OSError as exc:
-            http_socket.close()
+            for sock in http_sockets:
+                sock.close()
             return _cannot_bind(exc)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    http_task = asyncio.create_task(http.serve(sockets=[http_socket]))
+    http_task = asyncio.create_task(http.serve(sockets=http_sockets))
     grpc_at = f"{settings.host}:{settings.grpc_port} ({grpc_server.front} front)" if grpc_server else "off"
     log.info("serving %s: HTTP %s:%d, gRPC %s", settings.model_store, settings.host, settings.http_port,
              grpc_at)  # fmt: skip
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({http_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if http_task.done():  # uvicorn could not start (port taken, ...)
+    if http_task.done():  # uvicorn could not start (its lifespan failed, ...)
         stopper.cancel()
         if grpc_server is not None:
             await grpc_server.stop(0)
+        failure = http_task.exception()
+        log.error("the HTTP server stopped at start-up%s", f": {failure!r}" if failure else "; see above")
         return 1
     return await _drain(settings, state, http, http_task, grpc_server)
 

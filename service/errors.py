@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from starlette.requests import ClientDisconnect
 
 from handlers.base import HandlerError
 
@@ -102,7 +103,7 @@ def as_deepserve_error(exc: BaseException) -> DeepserveError:
     """The one mapping from any exception to a typed service error."""
     if isinstance(exc, DeepserveError):
         return exc
-    if isinstance(exc, asyncio.CancelledError):  # the transport gave up on the request
+    if isinstance(exc, (asyncio.CancelledError, ClientDisconnect)):  # the transport gave up on it
         return ClientClosedError("the client went away before the answer")
     if isinstance(exc, HandlerError):
         return error_for_status(exc.status, str(exc) or type(exc).__name__)

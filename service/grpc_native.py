@@ -105,7 +105,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._flush_due = False
-        self._holding: set[int] = set()  # streaming calls whose unread requests stopped the reading
+        self.queued = 0  # bytes in this connection's streaming inboxes, not yet read by handlers
+        self._reading_paused = False
 
     # -- asyncio protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -172,17 +173,18 @@ class _Connection(asyncio.Protocol):
             self.transport.close()  # after what is buffered is written
 
     # -- back-pressure from streaming calls -------------------------------------------------------
-    def hold(self, stream: int) -> None:
-        """Stop reading the socket: TCP pushes back on the client, as HTTP/2 flow control would."""
-        if not self._holding and not self.closed and self.transport is not None:
-            self.transport.pause_reading()
-        self._holding.add(stream)
-
-    def release(self, stream: int) -> None:
-        if stream not in self._holding:
+    def queued_changed(self, delta: int) -> None:
+        """Bytes in this connection's inboxes, all calls together, are bounded by the receive limit:
+        past it the socket is not read until the handlers are down to half. Each call is already
+        paced by its own stream window (``_Inbox``); only many calls at once get here."""
+        self.queued += delta
+        if self.closed or self.transport is None:
             return
-        self._holding.discard(stream)
-        if not self._holding and not self.closed and self.transport is not None:
+        if not self._reading_paused and self.queued > self.server.max_receive:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        elif self._reading_paused and self.queued <= self.server.max_receive // 2:
+            self._reading_paused = False
             self.transport.resume_reading()
 
 
@@ -190,9 +192,9 @@ class _Inbox:
     """A streaming call's requests that its handler has not read yet.
 
     The handler reads them one at a time (each request's answer is streamed before the next is
-    read), while nghttp2 keeps granting the client window: past ``HIGH`` unread requests the
-    connection stops reading until the handler is down to ``LOW``, so a client that streams faster
-    than the model answers is paced instead of growing the server's memory.
+    read). Past ``HIGH`` unread requests the session stops acknowledging the call's DATA, so the
+    client can send at most what is left of that stream's window (HTTP/2 flow control, this call
+    alone); from ``LOW`` it acknowledges again. Other calls on the connection go on meanwhile.
     """
 
     HIGH, LOW = 64, 16
@@ -200,20 +202,37 @@ class _Inbox:
     def __init__(self, conn: _Connection, stream: int) -> None:
         self._conn, self._stream = conn, stream
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.held = False
 
     def put(self, payload: bytes | None) -> None:  # None: the client's half-close
         self._queue.put_nowait(payload)
-        if self._queue.qsize() >= self.HIGH:
-            self._conn.hold(self._stream)
+        if payload:
+            self._conn.queued_changed(len(payload))
+        if not self.held and self._queue.qsize() >= self.HIGH:
+            self.held = True
+            self._conn.session.hold(self._stream)
 
     async def get(self) -> bytes | None:
         payload = await self._queue.get()
-        if self._queue.qsize() <= self.LOW:
-            self._conn.release(self._stream)
+        if payload:
+            self._conn.queued_changed(-len(payload))
+        if self.held and self._queue.qsize() <= self.LOW:
+            self._release()
         return payload
 
     def close(self) -> None:
-        self._conn.release(self._stream)
+        """The call is over: what it left unread no longer counts against the connection."""
+        while not self._queue.empty():
+            payload = self._queue.get_nowait()
+            if payload:
+                self._conn.queued_changed(-len(payload))
+        if self.held:
+            self._release()
+
+    def _release(self) -> None:
+        self.held = False
+        self._conn.session.release(self._stream)
+        self._conn._flush_soon()  # the WINDOW_UPDATE
 
 
 class NativeGrpcServer:

@@ -263,10 +263,11 @@ class Registry:
                 self.metrics.model_ready.remove(entry.name, str(entry.version))
 
     async def _stop_entry(self, entry: ModelEntry, timeout: float) -> None:
+        deadline = time.monotonic() + timeout  # one for the model: its engine and batcher share it
         if entry.engine is not None:
             await entry.engine.stop(drain=True, timeout=timeout)
         if entry.batcher is not None:
-            await entry.batcher.stop(drain=True, timeout=timeout)
+            await entry.batcher.stop(drain=True, timeout=max(0.0, deadline - time.monotonic()))
         self.metrics.model_ready.labels(entry.name, str(entry.version)).set(0)
 
     async def stop(self, timeout: float) -> None:

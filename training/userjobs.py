@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from export.schema import is_plain_model_name
 from training.config import TrainConfig
 from training.job import Job
 from training.optim import ConfigError
@@ -54,6 +56,20 @@ def _load(args: argparse.Namespace) -> Any:
     return load_text(args.path, args.context)
 
 
+def default_model_name(stem: str) -> str:
+    """The data file's name as a plain model-store name ("My data (v2).csv" -> "My-data-v2")."""
+    name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", stem)).strip("-._")[:128].rstrip("-._")
+    return name if is_plain_model_name(name) else "custom"
+
+
+def optimizer_steps_per_epoch(rows: int, cfg: TrainConfig) -> int:
+    """As the training loaders batch: split across torchrun's ranks, and without the last partial
+    batch once there is more than one batch (training/supervised.py, training/generative.py)."""
+    per_rank = rows // int(os.environ.get("WORLD_SIZE", "1"))
+    batches = per_rank // cfg.batch_size if per_rank > cfg.batch_size else 1
+    return max(1, math.ceil(batches / cfg.grad_accum))
+
+
 def make_user_job(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Job, str]:
     data = _load(args)
     trainer, model, config, quick_config, train = _PLANS[args.what]
@@ -62,7 +78,7 @@ def make_user_job(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[
         quick_config = _gpt(args.context, 1, 2, 32)
     cfg = (QUICK if args.quick else train).with_overrides(**overrides)
     if not args.quick and overrides.get("epochs") is None:
-        per_epoch = math.ceil(len(data.train) / (cfg.batch_size * cfg.grad_accum))
+        per_epoch = optimizer_steps_per_epoch(len(data.train), cfg)
         cfg = replace(cfg, epochs=max(cfg.epochs, math.ceil(MIN_STEPS / per_epoch)))
     stem = Path(args.path).stem
     out = args.out or Path("runs") / f"{args.what}-{stem}"
@@ -76,6 +92,6 @@ def make_user_job(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[
         augment=False,
         progress=args.progress,
         # what `deepserve export` names the model by default: the data's own name
-        meta={"name": re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "custom"},
+        meta={"name": default_model_name(stem)},
     )
     return job, trainer

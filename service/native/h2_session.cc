@@ -22,6 +22,7 @@
 //   write(stream, payload)            streaming: one message
 //   finish(stream, code, message)     the final status, after the messages written before it
 //   metadata(stream)                  the call's request headers as ((key, value), ...)
+//   hold(stream), release(stream)     pace one streaming call: stop / resume acknowledging its DATA
 //   active_calls(), partial_bytes(), shutdown_notice(), goaway()
 
 #include <nghttp2/nghttp2.h>
@@ -57,6 +58,8 @@ struct Stream {
   double timeout_s = -1.0;
   std::vector<std::pair<std::string, std::string>> metadata;
   std::string in;  // received bytes not yet cut into messages
+  bool held = false;       // Python's inbox for this call is full: its window stays shut
+  size_t unconsumed = 0;   // bytes received while held, acknowledged (WINDOW_UPDATE) on release
   bool started = false;        // its first message went to Python
   bool remote_closed = false;  // the client sent END_STREAM
   bool answered = false;       // the final status is submitted: nothing more goes to Python
@@ -134,11 +137,17 @@ class Session {
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, OnDataChunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, OnStreamClose);
     nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, OnFrameSend);
-    int rv = nghttp2_session_server_new(&session_, callbacks, this);
+    // Window updates are ours to send (nghttp2_session_consume), so a streaming call whose
+    // handler is behind can be paced alone: its stream window stays shut while the others flow.
+    nghttp2_option* option;
+    nghttp2_option_new(&option);
+    nghttp2_option_set_no_auto_window_update(option, 1);
+    int rv = nghttp2_session_server_new2(&session_, callbacks, this, option);
+    nghttp2_option_del(option);
     nghttp2_session_callbacks_del(callbacks);
     if (rv != 0) throw std::runtime_error(nghttp2_strerror(rv));
     // Windows big enough that a request of a few MB (a batch of images) is not paced by
-    // WINDOW_UPDATE round trips; nghttp2 acknowledges consumed data on its own.
+    // WINDOW_UPDATE round trips; OnDataChunk acknowledges data as it arrives.
     nghttp2_settings_entry settings[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 1024},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow},
@@ -207,6 +216,20 @@ class Session {
   }
 
   size_t Active() const { return streams_.size(); }
+
+  // Flow control for one streaming call: hold stops acknowledging its DATA (the client can send at
+  // most what is left of its stream window), release acknowledges what arrived meanwhile.
+  void Hold(int32_t id) {
+    if (Stream* s = Find(id)) s->held = true;
+  }
+
+  void Release(int32_t id) {
+    Stream* s = Find(id);
+    if (s == nullptr || !s->held) return;
+    s->held = false;
+    if (s->unconsumed > 0) nghttp2_session_consume_stream(session_, id, s->unconsumed);
+    s->unconsumed = 0;
+  }
   int64_t Partial() const { return partial_; }
 
   // graceful shutdown, step 1: "no new streams soon" (a GOAWAY with the highest stream id)
@@ -307,9 +330,17 @@ class Session {
     }
   }
 
-  static int OnDataChunk(nghttp2_session*, uint8_t, int32_t id, const uint8_t* data, size_t len, void* user) {
+  static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t id, const uint8_t* data, size_t len,
+                         void* user) {
     Session* self = Self(user);
     Stream* s = self->Find(id);
+    // the connection window always reopens at once: one slow call must not stall the others
+    nghttp2_session_consume_connection(session, len);
+    if (s != nullptr && s->held) {
+      s->unconsumed += len;
+    } else {
+      nghttp2_session_consume_stream(session, id, len);
+    }
     if (s != nullptr && !s->answered && s->method >= 0) self->Receive(s, reinterpret_cast<const char*>(data), len);
     return 0;
   }
@@ -328,7 +359,7 @@ class Session {
       auto* p = reinterpret_cast<const uint8_t*>(view.data() + pos);
       uint64_t n = (uint64_t{p[1]} << 24) | (p[2] << 16) | (p[3] << 8) | p[4];
       if (static_cast<int64_t>(n) > max_receive_) {  // refused before the rest of it arrives
-        Close(s, kResourceExhausted, "received message larger than max (" + std::to_string(n) + " vs. " +
+        Refuse(s, kResourceExhausted, "received message larger than max (" + std::to_string(n) + " vs. " +
                                          std::to_string(max_receive_) + ")");
         break;
       }
@@ -339,7 +370,7 @@ class Session {
         std::string plain;
         std::string error = Inflate(s->encoding, body, &plain);
         if (!error.empty()) {
-          Close(s, error == "unsupported" ? kUnimplemented : kInternal,
+          Refuse(s, error == "unsupported" ? kUnimplemented : kInternal,
                 error == "unsupported" ? "grpc-encoding '" + s->encoding + "' is not supported" : error);
           break;
         }
@@ -360,10 +391,10 @@ class Session {
     // connection holds at most one body: without this, 1,024 streams each sending most of a
     // maximal message would hold 1,024 times the limit. Flow control cannot bound it (a message may
     // be larger than the windows), so the stream that goes over is refused.
-    if (partial_ > max_receive_ && !s->in.empty()) {
+    if (partial_ > max_receive_ + 5 && !s->in.empty()) {  // + 5: one maximal message's prefix
       partial_ -= static_cast<int64_t>(s->in.size());
       std::string().swap(s->in);
-      Close(s, kResourceExhausted, "this connection's partly received messages exceed " +
+      Refuse(s, kResourceExhausted, "this connection's partly received messages exceed " +
                                        std::to_string(max_receive_) +
                                        " bytes (max_body_bytes); send fewer large messages at once");
     }
@@ -394,6 +425,14 @@ class Session {
     }
     inflateEnd(&z);
     return rv == Z_STREAM_END ? "" : "cannot decompress the message (" + encoding + ")";
+  }
+
+  // The session ends a call on its own (an oversized or undecodable message). A call already in
+  // Python (a stream past its first message) is told CANCELLED, so its handler stops waiting for
+  // requests that will not come; the status the client gets is this one.
+  void Refuse(Stream* s, int code, const std::string& message) {
+    Close(s, code, message);
+    if (s->started) events_.push_back({s->id, kCancelled, s->method, {}, -1.0});
   }
 
   void Deliver(Stream* s, std::string payload) {
@@ -524,6 +563,8 @@ PYBIND11_MODULE(_grpc_h2, m) {
       .def("finish", &Session::Finish, py::arg("stream"), py::arg("code"), py::arg("message") = "")
       .def("metadata", &Session::Metadata, py::arg("stream"))
       .def("active_calls", &Session::Active)
+      .def("hold", &Session::Hold, py::arg("stream"))
+      .def("release", &Session::Release, py::arg("stream"))
       .def("partial_bytes", &Session::Partial)
       .def("shutdown_notice", &Session::ShutdownNotice)
       .def("goaway", &Session::Goaway);

@@ -32,7 +32,7 @@ from service.metrics import Metrics
 from service.registry import Registry
 from service.settings import Settings
 from service.state import ServerState
-from tests.service.fakes import FakeEngine, SumHandler, make_generation_handler
+from tests.service.fakes import FakeEngine, SumHandler, make_generation_handler, make_spec
 
 pytestmark = pytest.mark.skipif(not native_front_available(), reason="native gRPC front not built")
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -174,10 +174,12 @@ class RawH2:
         await self.flush()
         return stream
 
-    async def send(self, stream: int, data: bytes, end: bool = False) -> None:
-        size = self.h2.max_outbound_frame_size
+    async def send(self, stream: int, data: bytes, end: bool = False, pad: int | None = None) -> None:
+        size = self.h2.max_outbound_frame_size - (pad or 0) - 1
         for i in range(0, len(data), size):
-            self.h2.send_data(stream, data[i : i + size], end_stream=end and i + size >= len(data))
+            last = end and i + size >= len(data)
+            await self.read_until(lambda: self.h2.local_flow_control_window(stream) >= size + (pad or 0) + 1)
+            self.h2.send_data(stream, data[i : i + size], end_stream=last, pad_length=pad)
         await self.flush()
 
     async def read_until(self, done: Any) -> None:
@@ -205,6 +207,19 @@ def _framed(message: bytes) -> bytes:
     return b"\0" + len(message).to_bytes(4, "big") + message
 
 
+async def test_more_than_a_connection_window_flows_padding_included(env: Env) -> None:
+    """The session sends every WINDOW_UPDATE itself: any byte it failed to acknowledge (padding,
+    a refused call's DATA) would shrink the 16 MB connection window until the connection stalls."""
+    message = _framed(_request(np.ones((5000, 3))))  # 59 KiB: refused by the model (rows > 8), parsed whole
+    client = await RawH2.connect(env.target)
+    for i in range(320):  # 19 MB on one connection
+        stream = await client.call()
+        await client.send(stream, message, end=True, pad=255 if i % 2 else None)
+        assert (await client.status(stream))[0] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    await client.close()
+    await env.settled()
+
+
 async def test_partly_received_messages_are_bounded_per_connection(env: Env) -> None:
     """1,024 streams each sending most of a maximal message must not hold 1,024 times the limit."""
     message = _framed(_request(np.ones((4000, 3))))  # 47 KiB of the 64 KiB limit
@@ -227,14 +242,28 @@ async def test_partly_received_messages_are_bounded_per_connection(env: Env) -> 
     await env.settled()
 
 
-async def test_a_client_streaming_faster_than_the_model_is_paced(env: Env) -> None:
-    """Requests a streaming call's handler has not read yet are bounded: the socket stops being read."""
-    env.handler.release.clear()  # the first request holds the stream's handler
-    request = pb.ModelInferRequest(model_name="sum", id="x" * 8000)  # 8 KB each: many reads' worth
+def _padded_request(size: int) -> bytes:
+    request = pb.ModelInferRequest(model_name="sum", id="x" * size)  # valid, and `size` bytes long
     request.inputs.add(name="x", datatype="FP32", shape=[1, 3])
     request.raw_input_contents.append(np.ones((1, 3), np.float32).tobytes())
-    payload, count = request.SerializeToString(), 300
-    async with grpc.aio.insecure_channel(env.target) as channel:
+    return request.SerializeToString()
+
+
+async def _wait_for(condition: Any, what: str, seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never: {what}")
+
+
+async def _stream_and_hold(
+    env_server: NativeGrpcServer, handler: SumHandler, target: str, payload: bytes, count: int, check: Any
+) -> None:
+    """Stream ``count`` requests at a model that is stuck on the first; ``check`` runs while it is
+    stuck; then the model is freed and every request must be answered, in order."""
+    handler.release.clear()
+    async with grpc.aio.insecure_channel(target) as channel:
         call = channel.stream_stream(
             "/inference.GRPCInferenceService/ModelStreamInfer",
             request_serializer=lambda b: b, response_deserializer=lambda b: b,
@@ -246,17 +275,60 @@ async def test_a_client_streaming_faster_than_the_model_is_paced(env: Env) -> No
             await call.done_writing()
 
         sending = asyncio.ensure_future(send_all())
-        await asyncio.sleep(1.0)
-        (inbox,) = env.server._streams.values()
-        (conn,) = env.server.connections
-        assert conn._holding, "the connection kept reading"
-        waiting = inbox._queue.qsize()
-        assert _Inbox.HIGH <= waiting < count // 2, waiting  # paced near HIGH, not all 300 buffered
-        env.handler.release.set()
+        await check(channel)
+        handler.release.set()
         answers = [pb.ModelStreamInferResponse.FromString(r) async for r in call]
         await sending
     assert len(answers) == count and not any(a.error_message for a in answers)
-    assert not conn._holding
+
+
+async def test_a_stream_that_outruns_its_model_is_paced_alone(tmp_path: Path) -> None:
+    """HTTP/2 flow control for that call only: its unread requests stop near HIGH plus one stream
+    window, while another call on the same channel (connection) is answered meanwhile."""
+    settings = Settings(model_store=tmp_path, grpc_port=_free_port(), grpc_front="native",
+                        max_body_bytes=16 << 20)  # fmt: skip
+    registry = Registry(settings, Metrics(CollectorRegistry()))
+    handler = SumHandler()
+    await registry.add_handler(handler)
+    await registry.add_handler(SumHandler(make_spec("other")))
+    registry.loading_done = True
+    server: Any = create_grpc_server(registry, settings, ServerState())
+    await server.start()
+    size, count = 8000, 1000  # 8 MB in all: twice the 4 MB stream window
+
+    async def check(channel: grpc.aio.Channel) -> None:
+        await _wait_for(lambda: any(i.held for i in server._streams.values()), "the stream held")
+        await asyncio.sleep(0.5)  # what the client could still send has arrived
+        (inbox,) = server._streams.values()
+        waiting = inbox._queue.qsize()
+        assert _Inbox.HIGH <= waiting <= _Inbox.HIGH + (4 << 20) // size + 40, waiting
+        (conn,) = server.connections
+        assert not conn._reading_paused
+        other = await _stub(channel)(_request(np.ones((1, 3)), model="other"), timeout=5)
+        assert pb.ModelInferResponse.FromString(other).model_name == "other"
+
+    try:
+        await _stream_and_hold(server, handler, f"127.0.0.1:{settings.grpc_port}", _padded_request(size),
+                               count, check)  # fmt: skip
+        assert not any(i.held for i in server._streams.values())
+    finally:
+        handler.release.set()
+        await server.stop(0)
+        await registry.stop(1.0)
+
+
+async def test_the_inboxes_of_a_connection_are_bounded_in_bytes(env: Env) -> None:
+    """Many calls, each within its own window, still hold at most MAX_BODY_BYTES unread on one
+    connection: past it the socket is not read (here one call is enough: the limit is 64 KiB)."""
+
+    async def check(channel: grpc.aio.Channel) -> None:
+        await _wait_for(lambda: any(c._reading_paused for c in env.server.connections), "reading paused")
+        (conn,) = env.server.connections
+        assert conn.queued <= 64 * 1024 + 256 * 1024  # the limit, plus one read's worth
+
+    await _stream_and_hold(env.server, env.handler, env.target, _padded_request(8000), 300, check)
+    (conn,) = env.server.connections or (None,)
+    assert conn is None or (not conn._reading_paused and conn.queued == 0)
     await env.settled()
 
 

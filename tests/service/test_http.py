@@ -406,6 +406,14 @@ async def test_a_stream_counts_as_one_request_until_its_last_byte(served: Served
     assert sample("deepserve_inflight_requests") == 0.0
 
 
+def test_a_disconnect_reported_by_the_asgi_server_is_499_not_a_server_error() -> None:
+    from starlette.requests import ClientDisconnect
+
+    from service.errors import as_deepserve_error
+
+    assert as_deepserve_error(ClientDisconnect()).status == 499  # ASGI spec >= 2.4 servers raise it
+
+
 async def test_a_client_that_leaves_mid_stream_counts_as_499(served: Served) -> None:
     from service.http_stream import TrackedStreamingResponse
     from service.inference import RequestTracker

@@ -125,7 +125,7 @@ def test_bad_user_data_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_a_tiny_folder_gets_enough_steps_to_learn(tmp_path: Path) -> None:
-    """12 images are one optimizer step an epoch: the default 30 epochs would be 30 steps.
+    """A dozen images are one optimizer step an epoch: the default 30 epochs would be 30 steps.
     Without --epochs a run on your data is planned for at least MIN_STEPS; with it, as asked."""
     from training.train import build_parser, overrides
     from training.userjobs import MIN_STEPS, make_user_job
@@ -133,7 +133,26 @@ def test_a_tiny_folder_gets_enough_steps_to_learn(tmp_path: Path) -> None:
     folder = write_images(tmp_path / "imgs", {"cats": 10, "dogs": 200})
     args = build_parser().parse_args(["images", str(folder), "--image-size", "8"])
     job, _ = make_user_job(args, overrides(args))
-    per_epoch = -(-len(job.data.train) // job.cfg.batch_size)
-    assert per_epoch == 1 and job.cfg.epochs * per_epoch >= MIN_STEPS
+    assert len(job.data.train) < job.cfg.batch_size  # one (partial) batch an epoch
+    assert job.cfg.epochs >= MIN_STEPS
+    # 45 images, 36 to train: the loader drops the partial second batch, so one step an epoch
+    from training.config import TrainConfig
+    from training.userjobs import optimizer_steps_per_epoch
+
+    assert optimizer_steps_per_epoch(36, TrainConfig(batch_size=32)) == 1
+    assert optimizer_steps_per_epoch(100, TrainConfig(batch_size=32)) == 3
+    assert optimizer_steps_per_epoch(100, TrainConfig(batch_size=32, grad_accum=2)) == 2
     args = build_parser().parse_args(["images", str(folder), "--image-size", "8", "--epochs", "7"])
     assert make_user_job(args, overrides(args))[0].cfg.epochs == 7
+
+
+@pytest.mark.parametrize(
+    "stem, name",
+    [("houses", "houses"), ("My data (v2)", "My-data-v2"), ("_data", "data"), ("a..b", "a.b"),
+     ("...", "custom"), ("x" * 300, "x" * 128)],
+)
+def test_the_default_model_name_is_always_one_export_accepts(stem: str, name: str) -> None:
+    from export.schema import is_plain_model_name
+    from training.userjobs import default_model_name
+
+    assert default_model_name(stem) == name and is_plain_model_name(name)

@@ -282,6 +282,22 @@ async def _stream_and_hold(
     assert len(answers) == count and not any(a.error_message for a in answers)
 
 
+async def test_a_stream_refused_mid_call_frees_its_handler(env: Env) -> None:
+    """An oversized second message ends the call in the session; the handler waiting for it must
+    be told, or its task would wait until the connection closes."""
+    async with grpc.aio.insecure_channel(env.target) as channel:
+        call = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=lambda b: b, response_deserializer=lambda b: b,
+        )()
+        await call.write(_request(np.ones((1, 3))))
+        first = pb.ModelStreamInferResponse.FromString(await call.read())
+        assert not first.error_message
+        await call.write(_request(np.ones((8, 4096))))  # 128 KiB: over the 64 KiB limit
+        assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await env.settled()  # no task left waiting for a third message
+
+
 async def test_a_stream_that_outruns_its_model_is_paced_alone(tmp_path: Path) -> None:
     """HTTP/2 flow control for that call only: its unread requests stop near HIGH plus one stream
     window, while another call on the same channel (connection) is answered meanwhile."""

@@ -134,17 +134,17 @@ class _Connection(asyncio.Protocol):
     def reply(self, stream: int, payload: bytes) -> None:
         if not self.closed:
             self.session.reply(stream, payload)
-            self._flush_soon()
+            self.flush_soon()
 
     def write(self, stream: int, payload: bytes) -> None:
         if not self.closed:
             self.session.write(stream, payload)
-            self._flush_soon()
+            self.flush_soon()
 
     def finish(self, stream: int, code: int, message: str = "") -> None:
         if not self.closed:
             self.session.finish(stream, code, message)
-            self._flush_soon()
+            self.flush_soon()
 
     def metadata(self, stream: int) -> tuple[tuple[str, Any], ...]:
         # binary metadata (-bin keys) travels base64-encoded, unpadded
@@ -153,7 +153,7 @@ class _Connection(asyncio.Protocol):
             for key, value in self.session.metadata(stream)
         )
 
-    def _flush_soon(self) -> None:
+    def flush_soon(self) -> None:
         """Answers finished in one loop turn (a batch's worth) leave in one write."""
         if not self._flush_due:
             self._flush_due = True
@@ -232,7 +232,7 @@ class _Inbox:
     def _release(self) -> None:
         self.held = False
         self._conn.session.release(self._stream)
-        self._conn._flush_soon()  # the WINDOW_UPDATE
+        self._conn.flush_soon()  # the WINDOW_UPDATE
 
 
 class NativeGrpcServer:

@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from export.schema import is_plain_model_name
 from training.config import TrainConfig
 from training.job import Job
 from training.optim import ConfigError
@@ -57,9 +56,10 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def default_model_name(stem: str) -> str:
-    """The data file's name as a plain model-store name ("My data (v2).csv" -> "My-data-v2")."""
+    """The data file's name as a plain model-store name ("My data (v2).csv" -> "My-data-v2"): only
+    letters, digits and inner '.', '_', '-', no "..", at most 128 characters (export checks it)."""
     name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", stem)).strip("-._")[:128].rstrip("-._")
-    return name if is_plain_model_name(name) else "custom"
+    return name or "custom"
 
 
 def optimizer_steps_per_epoch(rows: int, cfg: TrainConfig) -> int:

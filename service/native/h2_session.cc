@@ -208,10 +208,10 @@ class Session {
   }
 
   py::tuple Metadata(int32_t id) {
-    auto it = streams_.find(id);
-    if (it == streams_.end()) return py::tuple();
+    Stream* s = Find(id);
+    if (s == nullptr) return py::tuple();
     py::list pairs;
-    for (const auto& [key, value] : it->second->metadata) pairs.append(py::make_tuple(key, value));
+    for (const auto& [key, value] : s->metadata) pairs.append(py::make_tuple(key, value));
     return py::tuple(pairs);
   }
 
@@ -230,6 +230,7 @@ class Session {
     if (s->unconsumed > 0) nghttp2_session_consume_stream(session_, id, s->unconsumed);
     s->unconsumed = 0;
   }
+
   int64_t Partial() const { return partial_; }
 
   // graceful shutdown, step 1: "no new streams soon" (a GOAWAY with the highest stream id)

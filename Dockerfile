@@ -41,24 +41,18 @@ RUN uv python install 3.11 && uv venv --python 3.11 /opt/venv
 RUN uv pip install --index-url "${TORCH_INDEX}" torch==2.13.0
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
-COPY cli/ cli/
-COPY models/ models/
-COPY training/ training/
-COPY export/ export/
-COPY handlers/ handlers/
-COPY service/ service/
-COPY bench/ bench/
+COPY deepserve/ deepserve/
 # the server's front is required; the bench's C++ gRPC client is not built here (no libgrpc++)
 RUN DEEPSERVE_NATIVE=server uv pip install ".[${ORT_EXTRA}]"
 # The runtime base image may lack nghttp2: copy what the front links to next to it, where its
 # RPATH ($ORIGIN/_native_libs) finds it. `python -I`: without it the source tree in /src (which
 # has no compiled module) would shadow the installed package.
-RUN set -e; module=$(python -I -c "import service._grpc_h2 as m; print(m.__file__)"); \
+RUN set -e; module=$(python -I -c "import deepserve.service._grpc_h2 as m; print(m.__file__)"); \
     libs="$(dirname "$module")/_native_libs"; mkdir -p "$libs"; \
     ldd "$module" | awk '$3 ~ /^\// {print $3}' \
       | grep -vE '/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*)\.so' \
       | xargs -r cp -L -t "$libs"; \
-    python -I -c "import service._grpc_h2"
+    python -I -c "import deepserve.service._grpc_h2"
 
 # ---------------------------------------------------------------------------------------------
 FROM build AS store

@@ -20,8 +20,9 @@ from setuptools import setup
 
 # module, source, pkg-config packages, the apt package that provides them, needed by the server
 NATIVE = [
-    ("service._grpc_h2", "service/native/h2_session.cc", ["libnghttp2", "zlib"], "libnghttp2-dev", True),
-    ("bench._grpc_load", "bench/native/grpc_load.cc", ["grpc++"], "libgrpc++-dev", False),
+    ("deepserve.service._grpc_h2", "deepserve/service/native/h2_session.cc", ["libnghttp2", "zlib"],
+     "libnghttp2-dev", True),
+    ("deepserve.bench._grpc_load", "deepserve/bench/native/grpc_load.cc", ["grpc++"], "libgrpc++-dev", False),
 ]
 
 

@@ -1,6 +1,6 @@
 """Session-wide fixtures shared by several test packages.
 
-``server``: ONE ``python -m service`` per session on free loopback ports, serving ``e2e_store``
+``server``: ONE ``python -m deepserve.service`` per session on free loopback ports, serving ``e2e_store``
 (= ``quick_store``); the e2e, deploy and bench tests all use it.
 
 ``quick_store``: a model store built once per test session with ``build_store(quick=True)`` (tiny
@@ -23,7 +23,7 @@ from tests.e2e.conftest import Server, start_server, stop_server
 
 @pytest.fixture(scope="session")
 def quick_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.store import build_store
+    from deepserve.export.store import build_store
 
     cache = getattr(request.config, "cache", None)
     build_dir = (

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import launcher
+from deepserve.bench import launcher
 
 HERE = Path(__file__).parent
 
@@ -34,7 +34,7 @@ def write_tiny_version(root: Path, name: str = "tiny-mlp") -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.schema import ModelSpec
+    from deepserve.store import ModelSpec
 
     vdir = root / name / "1"
     vdir.mkdir(parents=True)

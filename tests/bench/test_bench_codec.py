@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from bench import codec
-from bench.naive_server import decode_inputs
+from deepserve.bench import codec
+from deepserve.bench.naive_server import decode_inputs
 
 
 def _sample() -> dict[str, np.ndarray]:

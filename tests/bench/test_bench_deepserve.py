@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import main
+from deepserve.bench.__main__ import main
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(
-        importlib.util.find_spec("service.__main__") is None,
+        importlib.util.find_spec("deepserve.service.__main__") is None,
         reason="service/__main__.py (deepserve serve) is not written yet",
     ),
 ]

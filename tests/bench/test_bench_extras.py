@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bench import perf_analyzer, torchserve
-from bench.inputs import InputSpec, ModelInfo
-from bench.sweep import RunConfig
+from deepserve.bench import perf_analyzer, torchserve
+from deepserve.bench.inputs import InputSpec, ModelInfo
+from deepserve.bench.sweep import RunConfig
 
 INFO = ModelInfo("m", "classification", [InputSpec("features", "FP32", [-1, 4])], max_batch_size=8)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.ceiling import stack
-from bench.inputs import InputSpec, ModelInfo, make_samples, prompts, sentences
-from bench.model_info import from_store
+from deepserve.bench.ceiling import stack
+from deepserve.bench.inputs import InputSpec, ModelInfo, make_samples, prompts, sentences
+from deepserve.bench.model_info import from_store
 
 
 def test_images_are_digits_scaled_to_the_model_size() -> None:

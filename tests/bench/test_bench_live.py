@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from bench import launcher
-from bench.__main__ import main
+from deepserve.bench import launcher
+from deepserve.bench.__main__ import main
 
 FAST = ["--quick", "--warmup", "0.3", "--duration", "1.0"]
 

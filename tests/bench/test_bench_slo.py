@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.slo import Point, search_slo
+from deepserve.bench.slo import Point, search_slo
 
 
 def _curve(level: float) -> Point:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench import stats
+from deepserve.bench import stats
 
 
 def test_nearest_rank_percentiles_on_known_data() -> None:

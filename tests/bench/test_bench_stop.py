@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from bench.samples import Recorder, StopRule
-from bench.sweep import RunConfig, stop_rule
+from deepserve.bench.samples import Recorder, StopRule
+from deepserve.bench.sweep import RunConfig, stop_rule
 
 
 def _recorder(measured: int) -> Recorder:

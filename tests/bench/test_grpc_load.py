@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-from bench import codec, launcher
-from bench.grpc_load import AioGrpcLoad, NativeGrpcLoad, make_grpc_load
-from bench.samples import StopRule
+from deepserve.bench import codec, launcher
+from deepserve.bench.grpc_load import AioGrpcLoad, NativeGrpcLoad, make_grpc_load
+from deepserve.bench.samples import StopRule
 
 
 def _native_built() -> bool:
     try:
-        from bench import _grpc_load  # noqa: F401
+        from deepserve.bench import _grpc_load  # noqa: F401
     except ImportError:
         return False
     return True

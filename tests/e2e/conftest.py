@@ -1,4 +1,4 @@
-"""Helpers to run `python -m service` on free loopback ports, against a model store.
+"""Helpers to run `python -m deepserve.service` on free loopback ports, against a model store.
 
 The session-wide `e2e_store` and `server` fixtures live in tests/conftest.py, so every test
 package (e2e, deploy, bench) shares ONE server.
@@ -51,8 +51,8 @@ def _tiny_gpt(root: Path, ctx: int = 32, layers: int = 2, heads: int = 2, head_d
     """An untrained byte GPT with the explicit-KV-cache graph, exported as export/ does."""
     import torch
 
-    from export.generative_plans import write_gpt_version
-    from models import build_model
+    from deepserve.export.generative_plans import write_gpt_version
+    from deepserve.models import build_model
 
     torch.manual_seed(0)
     gpt = build_model(
@@ -64,8 +64,9 @@ def _tiny_gpt(root: Path, ctx: int = 32, layers: int = 2, heads: int = 2, head_d
 def start_server(store: Path, log: Path, **env: str) -> Server:
     http_port, grpc_port = free_port(), free_port()
     environ = {**os.environ, "DEEPSERVE_DRAIN_TIMEOUT_S": "10", **env}
-    cmd = [sys.executable, "-m", "service", "--store", str(store), "--host", "127.0.0.1", "--log-level",
-           "warning", "--http-port", str(http_port), "--grpc-port", str(grpc_port)]  # fmt: skip
+    cmd = [sys.executable, "-m", "deepserve.service", "--store", str(store), "--host", "127.0.0.1",
+           "--log-level", "warning",
+           "--http-port", str(http_port), "--grpc-port", str(grpc_port)]  # fmt: skip
     with log.open("wb") as sink:
         process = subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=sink, stderr=subprocess.STDOUT)
     server = Server(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", store, process, log)

@@ -1,4 +1,4 @@
-"""Real, unmodified clients against `python -m service` on loopback (marked e2e)."""
+"""Real, unmodified clients against `python -m deepserve.service` on loopback (marked e2e)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import pytest
 
-from export.mar import archiver, build_mar
+from deepserve.export.mar import archiver, build_mar
 from tests.e2e.conftest import Server, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.tools, pytest.mark.slow]

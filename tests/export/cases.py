@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from models import build_model
-from training.checkpoint import Checkpoint, save_checkpoint
+from deepserve.models import build_model
+from deepserve.training.checkpoint import Checkpoint, save_checkpoint
 
 
 def image_prep(c: int, s: int) -> dict[str, Any]:

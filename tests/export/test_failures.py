@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import export.exporter as exporter
-from export.__main__ import main
-from export.errors import ExportError, ParityError, UnknownModelError, VersionExistsError
-from export.schema import ModelSpec
-from export.writers import Step
+import deepserve.export.exporter as exporter
+from deepserve.export.__main__ import main
+from deepserve.export.errors import ExportError, ParityError, UnknownModelError, VersionExistsError
+from deepserve.export.writers import Step
+from deepserve.store import ModelSpec
+from deepserve.training.checkpoint import CheckpointError
 from tests.export.cases import ExportCase, case, write_checkpoint
-from training.checkpoint import CheckpointError
 
 
 @pytest.fixture

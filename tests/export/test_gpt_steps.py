@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from export.exporter import export_checkpoint, read_checkpoint
-from export.greedy import greedy_eager, greedy_steps
-from export.onnx_graph import ort_session
-from export.parity import ort_runner, torch_runner
-from export.pt2 import load_pt2
-from export.schema import ModelSpec
+from deepserve.export.exporter import export_checkpoint, read_checkpoint
+from deepserve.export.greedy import greedy_eager, greedy_steps
+from deepserve.export.onnx_graph import ort_session
+from deepserve.export.parity import ort_runner, torch_runner
+from deepserve.export.pt2 import load_pt2
+from deepserve.store import ModelSpec
 from tests.export.cases import case, write_checkpoint
 
 

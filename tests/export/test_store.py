@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import export.store as store_mod
-from export.errors import ExportError
-from export.schema import ModelSpec
+import deepserve.export.store as store_mod
+from deepserve.export.errors import ExportError
+from deepserve.store import ModelSpec
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +34,8 @@ def test_build_then_reuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("an up-to-date model was rebuilt")
 
-    monkeypatch.setattr("export.exporter.export_checkpoint", no_training)
-    monkeypatch.setattr("training.recipes.run_recipe", no_training)
+    monkeypatch.setattr("deepserve.export.exporter.export_checkpoint", no_training)
+    monkeypatch.setattr("deepserve.training.recipes.run_recipe", no_training)
     assert store_mod.build_store(store, quick=True, names=["tabular-mlp"], progress=False) == [first]
 
 
@@ -48,7 +48,7 @@ def test_changed_export_code_re_exports_into_the_same_version(
         store_mod, "code_hash", lambda kind: f"{kind}-v2" if kind == "export" else f"{kind}-v1"
     )
     monkeypatch.setattr(
-        "training.recipes.run_recipe", lambda *a, **k: pytest.fail("checkpoint was up to date")
+        "deepserve.training.recipes.run_recipe", lambda *a, **k: pytest.fail("checkpoint was up to date")
     )
     (again,) = store_mod.build_store(store, quick=True, names=["regression-mlp"], progress=False)
     assert again == store / "regression-mlp" / "1"
@@ -68,7 +68,7 @@ def test_default_build_trains_under_the_recipe_budget_and_stamps_it(
 ) -> None:
     import dataclasses
 
-    import training.recipes as recipes
+    import deepserve.training.recipes as recipes
 
     budgets: list[float | None] = []
     real = recipes.run_recipe
@@ -99,7 +99,7 @@ def test_default_build_trains_under_the_recipe_budget_and_stamps_it(
 def test_full_build_has_no_budget_and_threads_are_restored() -> None:
     import torch
 
-    from training.recipes import RECIPES
+    from deepserve.training.recipes import RECIPES
 
     assert all(RECIPES[n].store_seconds for n in RECIPES)
     assert store_mod.budget_for("docs-gpt", quick=False, full=False) == RECIPES["docs-gpt"].store_seconds

@@ -8,10 +8,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from export.exporter import export_checkpoint
-from export.pt2 import cpu_has_bf16
-from export.schema import ModelSpec
-from models import list_models
+from deepserve.export.exporter import export_checkpoint
+from deepserve.export.pt2 import cpu_has_bf16
+from deepserve.models import list_models
+from deepserve.store import ModelSpec
 from tests.export.cases import CASES, write_checkpoint
 
 EXPECTED = {"model.onnx", "model.fp16.onnx", "model.pt", "model.pt2", "model.json", "parity.json"}

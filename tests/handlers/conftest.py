@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.schema import (
+from deepserve.store import (
     ImagePreprocessing,
     LatentPreprocessing,
     TabularPreprocessing,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.schema import ImagePreprocessing
-from handlers import load_handler
-from handlers.base import Handler, InvalidInputError, PayloadRequest, Request, TensorRequest
-from handlers.image import decode_image
+from deepserve.handlers import load_handler
+from deepserve.handlers.base import Handler, InvalidInputError, PayloadRequest, Request, TensorRequest
+from deepserve.handlers.image import decode_image
+from deepserve.store import ImagePreprocessing
 
 
 def answer(handler: Handler, request: Request) -> Any:

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handlers import load_handler
-from handlers.base import Handler, InvalidInputError, PayloadRequest, TensorRequest
+from deepserve.handlers import load_handler
+from deepserve.handlers.base import Handler, InvalidInputError, PayloadRequest, TensorRequest
 from tests.handlers.conftest import WORDPIECE_VOCAB
 from tests.handlers.test_classification import answer, grey_pixels, png
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from export.generative_plans import write_gpt_onnx
-from export.schema import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
-from handlers.base import InvalidInputError, ModelLoadError, PayloadRequest, TensorRequest
-from handlers.generation import TextGenerationHandler, sample
-from models import build_model
+from deepserve.export.generative_plans import write_gpt_onnx
+from deepserve.handlers.base import InvalidInputError, ModelLoadError, PayloadRequest, TensorRequest
+from deepserve.handlers.generation import TextGenerationHandler, sample
+from deepserve.models import build_model
+from deepserve.store import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
 
 CTX, LAYERS, HEADS, HEAD_DIM = 32, 2, 2, 8
 
@@ -77,7 +77,7 @@ def test_load_picks_the_onnx_variant(handler: TextGenerationHandler) -> None:
 
 def test_load_handler_passes_spinning(exported: tuple[Any, Path]) -> None:
     """``load_handler(spinning=False)`` reaches the text-generation handler (co-located HTTP server)."""
-    from handlers import load_handler
+    from deepserve.handlers import load_handler
 
     quiet = load_handler(exported[1], threads=1, spinning=False, load=False)
     assert isinstance(quiet, TextGenerationHandler) and quiet.spinning is False

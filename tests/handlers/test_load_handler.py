@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.schema import ModelSpec
-from handlers import HANDLERS, load_handler
-from handlers.base import ModelLoadError, PayloadRequest
-from handlers.classification import ClassificationHandler
-from handlers.embedding import EmbeddingHandler
-from handlers.image_generation import ImageGenerationHandler
-from handlers.regression import RegressionHandler
+from deepserve.handlers import HANDLERS, load_handler
+from deepserve.handlers.base import ModelLoadError, PayloadRequest
+from deepserve.handlers.classification import ClassificationHandler
+from deepserve.handlers.embedding import EmbeddingHandler
+from deepserve.handlers.image_generation import ImageGenerationHandler
+from deepserve.handlers.regression import RegressionHandler
+from deepserve.store import ModelSpec
 from tests.handlers.test_classification import answer
 
 
@@ -23,7 +23,7 @@ def test_handler_class_follows_the_task(
     assert type(load_handler(regression, load=False)) is RegressionHandler
     assert type(load_handler(text_embedding, load=False)) is EmbeddingHandler
     assert type(load_handler(generator, load=False)) is ImageGenerationHandler
-    assert HANDLERS["text-generation"] == "handlers.generation:TextGenerationHandler"
+    assert HANDLERS["text-generation"] == "deepserve.handlers.generation:TextGenerationHandler"
 
 
 def test_unloaded_handler_says_so_and_load_is_idempotent(tabular_cls: Path) -> None:
@@ -67,9 +67,9 @@ def test_eager_needs_its_source_checkpoint(tabular_cls: Path) -> None:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real export (export.exporter) of a registered zoo MLP: every variant file the store has."""
-    from export.exporter import export_checkpoint
-    from models import build_model
-    from training.checkpoint import Checkpoint, save_checkpoint
+    from deepserve.export.exporter import export_checkpoint
+    from deepserve.models import build_model
+    from deepserve.training.checkpoint import Checkpoint, save_checkpoint
 
     root = tmp_path_factory.mktemp("exported")
     config = {"in_features": 3, "out_features": 2, "hidden": [8]}

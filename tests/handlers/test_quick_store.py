@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.schema import ModelSpec
-from handlers import load_handler
-from handlers.base import PayloadRequest, Request
+from deepserve.handlers import load_handler
+from deepserve.handlers.base import PayloadRequest, Request
+from deepserve.store import ModelSpec
 from tests.handlers.test_classification import answer
 
 

@@ -7,12 +7,12 @@ import onnx
 import pytest
 import torch
 
-from export.schema import ModelSpec, Variant
-from export.torchscript import write_torchscript
-from handlers import runtime as runtime_mod
-from handlers.base import ModelLoadError
-from handlers.ort_runtime import OrtRuntime, providers_for, session_options
-from handlers.runtime import open_runtime, select_variant
+from deepserve.export.torchscript import write_torchscript
+from deepserve.handlers import runtime as runtime_mod
+from deepserve.handlers.base import ModelLoadError
+from deepserve.handlers.ort_runtime import OrtRuntime, providers_for, session_options
+from deepserve.handlers.runtime import open_runtime, select_variant
+from deepserve.store import ModelSpec, Variant
 from tests.handlers.tiny import PixelNet
 
 

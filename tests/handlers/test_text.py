@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handlers import load_handler
-from handlers.base import Handler, InvalidInputError, PayloadRequest, Request, TensorRequest
+from deepserve.handlers import load_handler
+from deepserve.handlers.base import Handler, InvalidInputError, PayloadRequest, Request, TensorRequest
 from tests.handlers.test_classification import answer
 
 

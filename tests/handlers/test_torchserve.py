@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from handlers import torchserve
-from handlers.torchserve import DeepserveHandler
+from deepserve.handlers import torchserve
+from deepserve.handlers.torchserve import DeepserveHandler
 from tests.handlers.test_classification import grey_pixels, png
 
 

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.onnx_graph import write_onnx
-from export.precision import CastIO, write_fp16_onnx
-from export.pt2 import write_pt2
-from export.schema import ModelSpec, TensorSpec, Variant
-from export.torchscript import write_torchscript
+from deepserve.export.onnx_graph import write_onnx
+from deepserve.export.precision import CastIO, write_fp16_onnx
+from deepserve.export.pt2 import write_pt2
+from deepserve.export.torchscript import write_torchscript
+from deepserve.store import ModelSpec, TensorSpec, Variant
 
 
 class PixelNet(nn.Module):

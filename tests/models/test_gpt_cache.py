@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import build_model
-from models.gpt import GPT
+from deepserve.models import build_model
+from deepserve.models.gpt import GPT
 
 TOL = {"atol": 1e-5, "rtol": 1e-4}
 

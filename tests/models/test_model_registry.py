@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import build_model, list_models, register_model
-from models.autoencoder import vae_loss
+from deepserve.models import build_model, list_models, register_model
+from deepserve.models.autoencoder import vae_loss
 from tests.models.zoo_cases import CASES, Case
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import build_model
+from deepserve.models import build_model
 
 CONFIGS = [
     ("rnn", {"vocab_size": 32, "embed_dim": 8, "hidden": 8, "num_layers": 2, "num_classes": 3}),

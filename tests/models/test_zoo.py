@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from models import build_model, list_models
+from deepserve.models import build_model, list_models
 from tests.models.zoo_cases import CASES, Case
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.autoencoder import vae_loss
+from deepserve.models.autoencoder import vae_loss
 
 Batch = tuple[torch.Tensor, ...]
 

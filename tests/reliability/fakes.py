@@ -22,11 +22,11 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from handlers.base import Handler, InvalidInputError, Request, TensorRequest, Tensors
-from service.app import create_app
-from service.metrics import Metrics
-from service.registry import Registry
-from service.settings import Settings
+from deepserve.handlers.base import Handler, InvalidInputError, Request, TensorRequest, Tensors
+from deepserve.service.app import create_app
+from deepserve.service.metrics import Metrics
+from deepserve.service.registry import Registry
+from deepserve.service.settings import Settings
 from tests.service.fakes import make_spec
 
 BUG, BAD, HANG = 666.0, 777.0, 888.0

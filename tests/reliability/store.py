@@ -46,7 +46,7 @@ def build_tiny_store(root: Path) -> Path:
     import torch
     from torch import nn
 
-    from export.schema import ImagePreprocessing, TabularPreprocessing, TensorSpec
+    from deepserve.store import ImagePreprocessing, TabularPreprocessing, TensorSpec
     from tests.handlers.tiny import RowNet, write_version
 
     def tensor(name: str, datatype: str, shape: list[int]) -> TensorSpec:
@@ -106,10 +106,10 @@ def _write_gpt(version: Path) -> None:
     """A byte-level GPT exported as export/ does it: one graph with an explicit KV cache."""
     import torch
 
-    from export.onnx_graph import write_onnx
-    from export.schema import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
-    from models import build_model
-    from models.gpt import GPTWithCache
+    from deepserve.export.onnx_graph import write_onnx
+    from deepserve.models import build_model
+    from deepserve.models.gpt import GPTWithCache
+    from deepserve.store import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
 
     layers, heads, head_dim = 2, 2, 8
     gpt: Any = build_model(

@@ -22,9 +22,9 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from service.app import create_app
-from service.registry import Registry
-from service.settings import Settings
+from deepserve.service.app import create_app
+from deepserve.service.registry import Registry
+from deepserve.service.settings import Settings
 from tests.reliability.fakes import BAD, BUG, HANG, FaultyHandler, infer_body, serve_in_process
 from tests.reliability.store import IMAGE, TABULAR, sample_rows, spec_of
 

@@ -27,7 +27,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from service.grpc_service import create_grpc_server
+from deepserve.service.grpc_service import create_grpc_server
 from tests.e2e.conftest import Server, free_port
 from tests.reliability.conftest import BURST_S
 from tests.reliability.fakes import FaultyHandler, serve_in_process

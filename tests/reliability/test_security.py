@@ -17,12 +17,12 @@ from pydantic import ValidationError
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from service.grpc_service import create_grpc_server
-from service.settings import Settings
+from deepserve.service.grpc_service import create_grpc_server
+from deepserve.service.settings import Settings
+from deepserve.training.checkpoint import CheckpointError, load_checkpoint
 from tests.e2e.conftest import free_port
 from tests.reliability.fakes import FaultyHandler, infer_body, serve_in_process
 from tests.reliability.store import TABULAR
-from training.checkpoint import CheckpointError, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN, ADMIN = "inference-token-7f3a", "management-token-91c2"

@@ -8,8 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from export.schema import ModelSpec, TensorSpec, Variant
-from handlers.base import Handler, InvalidInputError, PayloadRequest, Request, TensorRequest, Tensors
+from deepserve.handlers.base import (
+    Handler,
+    InvalidInputError,
+    PayloadRequest,
+    Request,
+    TensorRequest,
+    Tensors,
+)
+from deepserve.store import ModelSpec, TensorSpec, Variant
 
 
 def make_spec(name: str = "sum", task: str = "regression", max_batch_size: int = 8) -> ModelSpec:
@@ -118,8 +125,8 @@ class FakeEngine:
         return len(prompt.encode())
 
     async def generate(self, prompt: str, params: Any) -> Any:
-        from service.engine import GenerationChunk
-        from service.errors import InvalidRequestError, QueueFullError, ShuttingDownError
+        from deepserve.service.engine import GenerationChunk
+        from deepserve.service.errors import InvalidRequestError, QueueFullError, ShuttingDownError
 
         if prompt == "overload":
             raise QueueFullError("fake engine is full; retry", retry_after=2.0)

@@ -7,10 +7,15 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from handlers.base import InvalidInputError
-from service.batching import DynamicBatcher
-from service.errors import DeadlineExceededError, InvalidRequestError, QueueFullError, ShuttingDownError
-from service.metrics import Metrics
+from deepserve.handlers.base import InvalidInputError
+from deepserve.service.batching import DynamicBatcher
+from deepserve.service.errors import (
+    DeadlineExceededError,
+    InvalidRequestError,
+    QueueFullError,
+    ShuttingDownError,
+)
+from deepserve.service.metrics import Metrics
 from tests.service.fakes import SumHandler
 
 

@@ -8,8 +8,8 @@ import threading
 
 import numpy as np
 
-from handlers.base import Tensors
-from service.batching import DynamicBatcher
+from deepserve.handlers.base import Tensors
+from deepserve.service.batching import DynamicBatcher
 
 
 class TextRecorder:

@@ -7,9 +7,9 @@ import pytest
 import tritonclient.http as triton_http
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from service.errors import InvalidRequestError
-from service.tensors import from_json, from_raw, to_json_data, to_raw
-from service.v2_codec import InferRequest, InferResult, decode_request, encode_response
+from deepserve.service.errors import InvalidRequestError
+from deepserve.service.tensors import from_json, from_raw, to_json_data, to_raw
+from deepserve.service.v2_codec import InferRequest, InferResult, decode_request, encode_response
 
 
 @pytest.mark.parametrize(

@@ -15,15 +15,15 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from export.schema import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
-from handlers.generation import TextGenerationHandler
-from handlers.runtime import Runtime
-from handlers.torch_runtime import TorchRuntime
-from models import build_model
-from models.gpt import GPTWithCache
-from service.engine import GenerationChunk, GenerationEngine, SamplingParams
-from service.errors import InvalidRequestError, QueueFullError, ShuttingDownError
-from service.metrics import Metrics
+from deepserve.handlers.generation import TextGenerationHandler
+from deepserve.handlers.runtime import Runtime
+from deepserve.handlers.torch_runtime import TorchRuntime
+from deepserve.models import build_model
+from deepserve.models.gpt import GPTWithCache
+from deepserve.service.engine import GenerationChunk, GenerationEngine, SamplingParams
+from deepserve.service.errors import InvalidRequestError, QueueFullError, ShuttingDownError
+from deepserve.service.metrics import Metrics
+from deepserve.store import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
 
 CTX, LAYERS, HEADS, HEAD_DIM = 64, 2, 2, 16
 CORPUS = "the quick brown fox jumps over the lazy dog. naïve café — über straße. " * 4

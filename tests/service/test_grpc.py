@@ -14,12 +14,12 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
 from prometheus_client import CollectorRegistry
 
-from service.grpc_native import native_front_available
-from service.grpc_service import create_grpc_server
-from service.metrics import Metrics
-from service.registry import Registry
-from service.settings import Settings
-from service.state import ServerState
+from deepserve.service.grpc_native import native_front_available
+from deepserve.service.grpc_service import create_grpc_server
+from deepserve.service.metrics import Metrics
+from deepserve.service.registry import Registry
+from deepserve.service.settings import Settings
+from deepserve.service.state import ServerState
 from tests.service.fakes import FakeEngine, SumHandler, make_generation_handler
 
 
@@ -146,11 +146,10 @@ async def test_methods_deepserve_does_not_offer_answer_unimplemented(grpc_env: A
 def test_auto_falls_back_to_grpc_aio_without_the_native_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import service.grpc_native
 
     settings = Settings(model_store=tmp_path, grpc_front="auto")
     registry = Registry(settings, Metrics(CollectorRegistry()))
-    monkeypatch.setattr(service.grpc_native, "native_front_available", lambda: False)
+    monkeypatch.setattr("deepserve.service.grpc_native.native_front_available", lambda: False)
     assert create_grpc_server(registry, settings, ServerState()).front == "grpc.aio"
     assert "native gRPC front is not built" in caplog.text
     if native_front_available():

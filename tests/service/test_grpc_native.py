@@ -26,12 +26,12 @@ import tritonclient.grpc.aio as triton_aio
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2 as pb
 
-from service.grpc_native import NativeGrpcServer, _Inbox, native_front_available
-from service.grpc_service import create_grpc_server
-from service.metrics import Metrics
-from service.registry import Registry
-from service.settings import Settings
-from service.state import ServerState
+from deepserve.service.grpc_native import NativeGrpcServer, _Inbox, native_front_available
+from deepserve.service.grpc_service import create_grpc_server
+from deepserve.service.metrics import Metrics
+from deepserve.service.registry import Registry
+from deepserve.service.settings import Settings
+from deepserve.service.state import ServerState
 from tests.service.fakes import FakeEngine, SumHandler, make_generation_handler, make_spec
 
 pytestmark = pytest.mark.skipif(not native_front_available(), reason="native gRPC front not built")

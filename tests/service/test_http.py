@@ -18,11 +18,11 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from service import json_codec
-from service.app import create_app
-from service.metrics import Metrics
-from service.registry import Registry
-from service.settings import Settings
+from deepserve.service import json_codec
+from deepserve.service.app import create_app
+from deepserve.service.metrics import Metrics
+from deepserve.service.registry import Registry
+from deepserve.service.settings import Settings
 from tests.service.fakes import EmbedHandler, FakeEngine, SumHandler, make_generation_handler
 
 
@@ -409,14 +409,14 @@ async def test_a_stream_counts_as_one_request_until_its_last_byte(served: Served
 def test_a_disconnect_reported_by_the_asgi_server_is_499_not_a_server_error() -> None:
     from starlette.requests import ClientDisconnect
 
-    from service.errors import as_deepserve_error
+    from deepserve.service.errors import as_deepserve_error
 
     assert as_deepserve_error(ClientDisconnect()).status == 499  # ASGI spec >= 2.4 servers raise it
 
 
 async def test_a_client_that_leaves_mid_stream_counts_as_499(served: Served) -> None:
-    from service.http_stream import TrackedStreamingResponse
-    from service.inference import RequestTracker
+    from deepserve.service.http_stream import TrackedStreamingResponse
+    from deepserve.service.inference import RequestTracker
 
     registry = served.app.state.registry
     started = asyncio.Event()

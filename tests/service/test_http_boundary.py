@@ -19,11 +19,11 @@ import pytest_asyncio
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from handlers.base import Tensors
-from service.app import create_app
-from service.metrics import Metrics
-from service.registry import Registry
-from service.settings import Settings
+from deepserve.handlers.base import Tensors
+from deepserve.service.app import create_app
+from deepserve.service.metrics import Metrics
+from deepserve.service.registry import Registry
+from deepserve.service.settings import Settings
 from tests.service.fakes import SumHandler, make_spec
 
 BUG_VALUE = 13.0

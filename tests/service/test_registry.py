@@ -13,13 +13,12 @@ from asgi_lifespan import LifespanManager
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-import handlers
-from export.schema import ModelSpec
-from service.app import create_app
-from service.errors import InvalidRequestError
-from service.metrics import Metrics
-from service.registry import Registry, check_model_name
-from service.settings import Settings
+from deepserve.service.app import create_app
+from deepserve.service.errors import InvalidRequestError
+from deepserve.service.metrics import Metrics
+from deepserve.service.registry import Registry, check_model_name
+from deepserve.service.settings import Settings
+from deepserve.store import ModelSpec
 from tests.service.fakes import SumHandler, make_spec
 
 TOKEN = {"Authorization": "Bearer m4nage"}
@@ -46,7 +45,7 @@ def fake_loader(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         loaded.append(version_dir)
         return SumHandler(ModelSpec.read(version_dir))
 
-    monkeypatch.setattr(handlers, "load_handler", load_handler)
+    monkeypatch.setattr("deepserve.handlers.load_handler", load_handler)
     return loaded
 
 

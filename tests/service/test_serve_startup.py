@@ -16,7 +16,7 @@ from tests.e2e.conftest import REPO
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", *args],
+        [sys.executable, "-m", "deepserve.service", "--host", "127.0.0.1", *args],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

@@ -21,13 +21,13 @@ from asgi_lifespan import LifespanManager
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2 as pb
 
-from handlers.base import Request, Tensors
-from service.app import create_app
-from service.grpc_service import create_grpc_server
-from service.metrics import Metrics
-from service.registry import Registry
-from service.settings import Settings
-from service.state import ServerState
+from deepserve.handlers.base import Request, Tensors
+from deepserve.service.app import create_app
+from deepserve.service.grpc_service import create_grpc_server
+from deepserve.service.metrics import Metrics
+from deepserve.service.registry import Registry
+from deepserve.service.settings import Settings
+from deepserve.service.state import ServerState
 from tests.service.fakes import EmbedHandler, SumHandler, make_spec
 from tests.service.test_grpc import front_params
 

@@ -14,12 +14,12 @@ import httpx
 from asgi_lifespan import LifespanManager
 from prometheus_client import CollectorRegistry
 
-from service.__main__ import _drain
-from service.app import create_app
-from service.metrics import Metrics
-from service.registry import Registry
-from service.settings import Settings
-from service.state import ServerState
+from deepserve.service.__main__ import _drain
+from deepserve.service.app import create_app
+from deepserve.service.metrics import Metrics
+from deepserve.service.registry import Registry
+from deepserve.service.settings import Settings
+from deepserve.service.state import ServerState
 from tests.service.fakes import SumHandler
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}

@@ -10,13 +10,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from training.budget import Budget
-from training.checkpoint import load_checkpoint
-from training.config import TrainConfig
-from training.loop import Batch, fit
-from training.optim import Schedule
-from training.recipes import run_recipe
-from training.train import main
+from deepserve.training.budget import Budget
+from deepserve.training.checkpoint import load_checkpoint
+from deepserve.training.config import TrainConfig
+from deepserve.training.loop import Batch, fit
+from deepserve.training.optim import Schedule
+from deepserve.training.recipes import run_recipe
+from deepserve.training.train import main
 
 
 class FakeClock:

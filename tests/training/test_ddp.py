@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training.checkpoint import load_checkpoint
+from deepserve.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_torchrun_two_processes_write_one_checkpoint(tmp_path: Path) -> None:
         "--master_port",
         str(free_port()),
         "-m",
-        "training.train",
+        "deepserve.training.train",
         "digits-cnn",
         "--quick",
         "--threads",

@@ -4,8 +4,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from training.config import SCHEDULERS, TrainConfig
-from training.loop import Batch, fit
+from deepserve.training.config import SCHEDULERS, TrainConfig
+from deepserve.training.loop import Batch, fit
 
 
 def mse(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -123,7 +123,7 @@ def test_every_optimizer_and_schedule_reduces_the_loss(optimizer: str, scheduler
 
 
 def test_warmup_cosine_rises_then_falls() -> None:
-    from training.optim import Schedule
+    from deepserve.training.optim import Schedule
 
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = Schedule(opt, TrainConfig(scheduler="warmup-cosine", warmup_frac=0.1), total_steps=100)

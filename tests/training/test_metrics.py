@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from training import metrics
+from deepserve.training import metrics
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import pytest
 import torch
 from pydantic import TypeAdapter
 
-from export.schema import GenerationDefaults, Preprocessing
-from training.checkpoint import Checkpoint, load_checkpoint
-from training.recipes import RECIPES, make_job, run_recipe
+from deepserve.store import GenerationDefaults, Preprocessing
+from deepserve.training.checkpoint import Checkpoint, load_checkpoint
+from deepserve.training.recipes import RECIPES, make_job, run_recipe
 
 TASKS = {
     "digits-cnn": "classification",
@@ -30,10 +30,10 @@ def test_every_recipe_is_listed() -> None:
 
 def recompute(name: str, ckpt: Checkpoint, out_dir: Path) -> dict[str, Any]:
     """Score the rebuilt model the way the trainer scored the trained one."""
-    from training.generative import gan_metrics, vae_metrics
-    from training.language import lm_loss
-    from training.loop import evaluate_loss
-    from training.supervised import evaluate
+    from deepserve.training.generative import gan_metrics, vae_metrics
+    from deepserve.training.language import lm_loss
+    from deepserve.training.loop import evaluate_loss
+    from deepserve.training.supervised import evaluate
 
     job = make_job(name, out_dir, quick=True)
     model = ckpt.build()
@@ -91,9 +91,9 @@ def test_recipe_meta_carries_what_export_needs(tmp_path: Path) -> None:
 
 
 def test_topic_snippets_use_the_named_topics() -> None:
-    from training.data import DataError
-    from training.recipes import DOCS_TOPICS
-    from training.textdata import topic_snippets
+    from deepserve.training.data import DataError
+    from deepserve.training.recipes import DOCS_TOPICS
+    from deepserve.training.textdata import topic_snippets
 
     data = topic_snippets(topics=DOCS_TOPICS)
     assert data.labels == sorted(DOCS_TOPICS)
@@ -105,8 +105,8 @@ def test_topic_snippets_use_the_named_topics() -> None:
 @pytest.mark.parametrize("flag, field", [("--patience", "patience"), ("--grad-clip", "grad_clip")])
 def test_zero_turns_early_stopping_and_clipping_off(flag: str, field: str, tmp_path: Path) -> None:
     """`--patience 0` / `--grad-clip 0` are documented as "off": the recipe's value must not survive."""
-    from training.recipes import RECIPES, make_job
-    from training.train import build_parser, overrides
+    from deepserve.training.recipes import RECIPES, make_job
+    from deepserve.training.train import build_parser, overrides
 
     def trained_with(*flags: str) -> object:
         args = build_parser().parse_args(["tabular-mlp", *flags])

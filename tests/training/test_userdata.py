@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training.checkpoint import load_checkpoint
-from training.train import main
+from deepserve.training.checkpoint import load_checkpoint
+from deepserve.training.train import main
 
 
 def write_csv(path: Path, rows: int = 40, label: str = "kind") -> Path:
@@ -127,8 +127,8 @@ def test_bad_user_data_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Capt
 def test_a_tiny_folder_gets_enough_steps_to_learn(tmp_path: Path) -> None:
     """A dozen images are one optimizer step an epoch: the default 30 epochs would be 30 steps.
     Without --epochs a run on your data is planned for at least MIN_STEPS; with it, as asked."""
-    from training.train import build_parser, overrides
-    from training.userjobs import MIN_STEPS, make_user_job
+    from deepserve.training.train import build_parser, overrides
+    from deepserve.training.userjobs import MIN_STEPS, make_user_job
 
     folder = write_images(tmp_path / "imgs", {"cats": 10, "dogs": 200})
     args = build_parser().parse_args(["images", str(folder), "--image-size", "8"])
@@ -136,8 +136,8 @@ def test_a_tiny_folder_gets_enough_steps_to_learn(tmp_path: Path) -> None:
     assert len(job.data.train) < job.cfg.batch_size  # one (partial) batch an epoch
     assert job.cfg.epochs >= MIN_STEPS
     # 45 images, 36 to train: the loader drops the partial second batch, so one step an epoch
-    from training.config import TrainConfig
-    from training.userjobs import optimizer_steps_per_epoch
+    from deepserve.training.config import TrainConfig
+    from deepserve.training.userjobs import optimizer_steps_per_epoch
 
     assert optimizer_steps_per_epoch(36, TrainConfig(batch_size=32)) == 1
     assert optimizer_steps_per_epoch(100, TrainConfig(batch_size=32)) == 3
@@ -152,7 +152,7 @@ def test_a_tiny_folder_gets_enough_steps_to_learn(tmp_path: Path) -> None:
      ("...", "custom"), ("x" * 300, "x" * 128)],
 )
 def test_the_default_model_name_is_always_one_export_accepts(stem: str, name: str) -> None:
-    from export.schema import is_plain_model_name
-    from training.userjobs import default_model_name
+    from deepserve.store import is_plain_model_name
+    from deepserve.training.userjobs import default_model_name
 
     assert default_model_name(stem) == name and is_plain_model_name(name)

@@ -1,0 +1,287 @@
+"""Text generation over the explicit-KV-cache GPT graph: byte tokenizer, one cached step, sampling.
+
+The graph (TEAM.md) is one call for prefill and decode::
+
+    step(input_ids (B, T), position_ids (B, T), attention_mask (B, P+T),
+         past_key, past_value (L, B, H, P, Dh))
+        -> logits (B, T, V), present_key, present_value (L, B, H, P+T, Dh)
+
+``service/engine.py`` runs the continuous-batching scheduler on top of ``step``; this module keeps
+what belongs to the model: the tokenizer, the context window, the cache geometry, sampling, and a
+plain per-request loop (``generate_ids``) that serves KServe v2 ``text_input -> text_output`` so
+tritonclient works on GPT models too, and that the benchmark uses as the one-at-a-time baseline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from deepserve.handlers.base import (
+    Handler,
+    InvalidInputError,
+    ModelLoadError,
+    PayloadRequest,
+    Request,
+    TensorRequest,
+    Tensors,
+)
+from deepserve.handlers.runtime import Runtime, open_eager, open_runtime, select_variant
+from deepserve.store import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing
+
+# Per-request parameters a KServe v2 / TorchServe client may pass (request "parameters").
+_PARAMS = ("max_tokens", "temperature", "top_k", "top_p", "seed")
+
+
+class StepOutput(NamedTuple):
+    logits: np.ndarray  # (B, T, V) float32
+    present_key: np.ndarray  # (L, B, H, P+T, Dh)
+    present_value: np.ndarray
+
+
+def sample(
+    logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray, uniforms: np.ndarray
+) -> np.ndarray:
+    """One token per row of ``logits`` (B, V) by inverse-CDF sampling with that row's ``uniforms`` value.
+
+    temperature 0 = argmax; top_k 0 = off. Each row depends only on its own logits and uniform, so a
+    sequence's draw does not change with its batch companions (the engine's reproducibility rests on it).
+    """
+    out: np.ndarray = logits.argmax(axis=1).astype(np.int64)  # (B,)
+    hot = temperature > 0
+    if not hot.any():
+        return out
+    z: np.ndarray = logits[hot].astype(np.float64) / temperature[hot, None]  # (b, V)
+    vocab = z.shape[1]
+    kk = top_k[hot].astype(np.int64)
+    k = np.where((kk > 0) & (kk < vocab), kk, vocab)
+    if (k < vocab).any():
+        kth = -np.sort(-z, axis=1)[np.arange(len(k)), k - 1]  # the k-th largest logit per row
+        z = np.where(z >= kth[:, None], z, -np.inf)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    nucleus = top_p[hot]
+    if (nucleus < 1.0).any():
+        order = np.argsort(-p, axis=1, kind="stable")
+        sorted_p = np.take_along_axis(p, order, axis=1)
+        drop_sorted = (np.cumsum(sorted_p, axis=1) - sorted_p) >= nucleus[:, None]  # mass before >= top_p
+        drop = np.empty_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, axis=1)
+        p = np.where(drop, 0.0, p)
+    cdf = np.cumsum(p, axis=1)  # (b, V)
+    picked = (cdf < uniforms[hot, None] * cdf[:, -1:]).sum(axis=1)
+    out[hot] = np.minimum(picked, vocab - 1)
+    return out
+
+
+class TextGenerationHandler(Handler):
+    """task "text-generation": a GPT exported with the explicit KV cache, byte tokenizer."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        version_dir: Path | None = None,
+        *,
+        device: str = "cpu",
+        precision: str | None = None,
+        runtime: str | None = None,
+        threads: int | None = None,
+        spinning: bool = True,
+    ) -> None:
+        super().__init__(spec)
+        self.version_dir, self.device, self.precision = version_dir, device, precision
+        self.runtime_name, self.threads, self.spinning = runtime, threads, spinning
+        self.runtime: Runtime | None = None
+        gen, pre = spec.generation, spec.preprocessing
+        if gen is None or None in (gen.n_layer, gen.n_head, gen.head_dim):
+            raise ModelLoadError(f"{spec.name}: model.json lacks generation cache geometry; re-export")
+        if not isinstance(pre, TextPreprocessing) or pre.tokenizer != "bytes":
+            raise ModelLoadError(f"{spec.name}: text generation needs the 'bytes' tokenizer in model.json")
+        self.defaults: GenerationDefaults = gen
+        self.context_length = gen.context_length or pre.max_length
+        self.vocab_size = pre.vocab_size
+        self.eos_id = gen.eos_id
+        self._geometry = (int(gen.n_layer or 0), int(gen.n_head or 0), int(gen.head_dim or 0))
+
+    @classmethod
+    def with_runtime(cls, spec: ModelSpec, runtime: Runtime) -> TextGenerationHandler:
+        """A handler over an already opened runtime (tests, benchmarks); ``load`` is then a no-op."""
+        handler = cls(spec)
+        handler.runtime = runtime
+        return handler
+
+    # -- KServe v2 signature: strings in, strings out (the cache graph stays internal) -----------
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(name="text_input", datatype="BYTES", shape=[-1, 1])]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec(name="text_output", datatype="BYTES", shape=[-1, 1])]
+
+    def load(self) -> None:
+        if self.runtime is not None:
+            return
+        if self.runtime_name == "eager" or self.version_dir is None:
+            self.runtime = open_eager(self._dir(), device=self.device, precision=self.precision,
+                                      threads=self.threads)  # fmt: skip
+            return
+        try:
+            variant = select_variant(
+                self.spec, device=self.device, precision=self.precision, runtime=self.runtime_name,
+                version_dir=self.version_dir,
+            )  # fmt: skip
+        except ModelLoadError as exc:  # no usable exported file: rebuild from the checkpoint if there is one
+            try:
+                self.runtime = open_eager(self.version_dir, device=self.device, threads=self.threads)
+            except ModelLoadError:
+                raise exc from None
+            return
+        self.runtime = open_runtime(
+            self.version_dir, variant, device=self.device, threads=self.threads, spinning=self.spinning
+        )
+
+    def _dir(self) -> Path:
+        if self.version_dir is None:
+            raise ModelLoadError(f"{self.spec.name}: no version directory to load from")
+        return self.version_dir
+
+    # -- tokenizer -------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def check_prompt(self, ids: list[int]) -> None:
+        """Raise InvalidInputError for an empty prompt or one longer than the context window."""
+        if not ids:
+            raise InvalidInputError("the prompt is empty; send at least one character")
+        if len(ids) > self.context_length:
+            raise InvalidInputError(
+                f"the prompt is {len(ids)} tokens (UTF-8 bytes) but {self.spec.name}'s context window is "
+                f"{self.context_length}; shorten the prompt to at most {self.context_length} bytes"
+            )
+
+    # -- the model -------------------------------------------------------------------------------
+    def empty_cache(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        layers, heads, head_dim = self._geometry
+        shape = (layers, batch, heads, 0, head_dim)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+    def step(
+        self,
+        input_ids: np.ndarray,
+        position_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        past_key: np.ndarray,
+        past_value: np.ndarray,
+    ) -> StepOutput:
+        """One forward of the cache graph over a batch (shapes in the module docstring)."""
+        if self.runtime is None:
+            raise ModelLoadError(f"{self.spec.name} is not loaded; call load() first")
+        out = self.runtime.run({
+            "input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask,
+            "past_key": past_key, "past_value": past_value,
+        })  # fmt: skip
+        return StepOutput(out["logits"], out["present_key"], out["present_value"])
+
+    def generate_ids(self, prompt: list[int], params: dict[str, Any]) -> list[int]:
+        """The simple per-request loop: prefill, then one cached decode per token (batch of one)."""
+        self.check_prompt(prompt)
+        d = self.defaults
+        max_tokens = int(params.get("max_tokens", d.max_tokens))
+        temperature = np.array([float(params.get("temperature", d.temperature))])
+        top_k = np.array([int(params.get("top_k") or d.top_k or 0)])
+        top_p = np.array([float(params.get("top_p", d.top_p))])
+        seed = params.get("seed")
+        rng = np.random.default_rng(None if seed is None else [int(seed), 0])  # as the engine's choice 0
+        key, value = self.empty_cache(1)
+        ids, n = np.array([prompt], np.int64), len(prompt)
+        out: list[int] = []
+        while True:
+            length = key.shape[3]
+            mask = np.ones((1, length + ids.shape[1]), np.int64)
+            positions = np.arange(length, length + ids.shape[1], dtype=np.int64)[None]
+            logits, key, value = self.step(ids, positions, mask, key, value)
+            token = int(sample(logits[:, -1], temperature, top_k, top_p, np.array([rng.random()]))[0])
+            if token == self.eos_id:
+                return out
+            out.append(token)
+            if len(out) >= max_tokens or n + len(out) > self.context_length:  # next position off the table
+                return out
+            ids = np.array([[token]], np.int64)
+
+    # -- the four verbs: KServe v2 / TorchServe whole-generation path ---------------------------
+    def preprocess(self, request: Request) -> Tensors:
+        if isinstance(request, TensorRequest):
+            if "text_input" not in request.tensors:
+                raise InvalidInputError("input 'text_input' (BYTES) is missing; send the prompt(s) there")
+            texts = np.asarray(request.tensors["text_input"], dtype=object)
+        else:
+            texts = np.array([[_payload_text(request)]], dtype=object)
+        return {"text_input": texts, **_sampling_params(request.parameters)}
+
+    def item_cost(self, item: Tensors) -> int:
+        return sum(len(_text(t)) for t in item["text_input"].ravel()) + self.item_rows(item)
+
+    def predict_batch(self, items: list[Tensors]) -> list[Tensors]:
+        results: list[Tensors] = []
+        for item in items:
+            params = {k: item[k].item() for k in _PARAMS if k in item}
+            texts = item["text_input"]
+            made = [self.decode(self.generate_ids(self.encode(_text(t)), params)).encode()
+                    for t in texts.ravel()]  # fmt: skip
+            results.append({"text_output": np.array(made, dtype=object).reshape(texts.shape)})
+        return results
+
+    def postprocess(self, outputs: Tensors, request: Request) -> Any:
+        """KServe v2: the ``text_output`` tensor; TorchServe: the generated text (a list for several)."""
+        if isinstance(request, TensorRequest):
+            unknown = [n for n in request.outputs or [] if n != "text_output"]
+            if unknown:
+                raise InvalidInputError(f"unknown output(s) {unknown}; this model serves ['text_output']")
+            return {"text_output": outputs["text_output"]}
+        texts = [_text(t) for t in outputs["text_output"].ravel()]
+        return texts[0] if len(texts) == 1 else texts
+
+
+def _sampling_params(parameters: dict[str, Any]) -> Tensors:
+    """Request parameters (numbers, or text from TorchServe query strings) as 0-d arrays, range-checked."""
+    ranges = {"max_tokens": (1, None), "top_k": (1, None), "seed": (0, None), "temperature": (0, None),
+              "top_p": (1e-9, 1)}  # fmt: skip
+    out: Tensors = {}
+    for name, (low, high) in ranges.items():
+        raw = parameters.get(name)
+        if raw is None:
+            continue
+        kind = float if name in ("temperature", "top_p") else int
+        try:
+            value = kind(raw.decode() if isinstance(raw, bytes | bytearray) else raw)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"parameter {name!r} must be a number, got {raw!r}") from None
+        if value < low or (high is not None and value > high):
+            raise InvalidInputError(f"parameter {name!r} is out of range ({low}..{high or 'inf'}): {value}")
+        out[name] = np.asarray(value)
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"text_input is not valid UTF-8: {exc}") from exc
+    return str(value)
+
+
+def _payload_text(request: PayloadRequest) -> str:
+    """TorchServe bodies: raw text, or JSON {"prompt"|"text"|"data"|"inputs": "..."}."""
+    body = request.body
+    if isinstance(body, dict):
+        body = next((body[k] for k in ("prompt", "text", "data", "inputs") if k in body), None)
+    if isinstance(body, bytes | bytearray | str):
+        return _text(body)
+    raise InvalidInputError('send the prompt as the raw body or JSON {"prompt": "..."}')

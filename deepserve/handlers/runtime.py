@@ -1,0 +1,171 @@
+"""Which file of a model-store version runs, and the one call every backend answers.
+
+    variant = select_variant(spec, device="cpu")             # fp32 ONNX on CPU by default
+    runtime = open_runtime(version_dir, variant, threads=2)  # ONNX Runtime / TorchScript / torch.export
+    outputs = runtime.run({"pixels": x})                     # numpy in, numpy out, names per model.json
+
+Selection rules (``select_variant``):
+- only variants whose parity passed (``usable``) and whose file exists are candidates;
+- precision: the override if given, else fp16 then fp32 on CUDA, fp32 on CPU (fp16 gives no CPU
+  speed-up, export-feasibility section 4); int8 / bf16 only on request;
+- format: the override if given, else ONNX first, then torch.export (.pt2), then TorchScript (.pt);
+  on CUDA, ONNX only when ONNX Runtime offers a GPU execution provider.
+
+The eager fallback (``open_eager``) is not a variant: it rebuilds the model from the checkpoint
+recorded in model.json ``source`` and is used on request (``runtime="eager"``) or when no
+variant file can be used.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from deepserve.handlers.base import ModelLoadError
+from deepserve.store import ModelSpec, Precision, Variant
+
+RuntimeName = Literal["onnx", "torchscript", "pt2", "eager"]
+_FORMAT_ORDER: tuple[Literal["onnx", "torchscript", "pt2"], ...] = ("onnx", "pt2", "torchscript")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class Runtime(ABC):
+    """One loaded graph. ``run`` takes and returns numpy arrays keyed by graph I/O names."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    @abstractmethod
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+
+def default_threads() -> int:
+    """The cores this process may use (cgroup / affinity aware where the OS tells)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def is_cuda(device: str) -> bool:
+    return device == "cuda" or device.startswith("cuda:")
+
+
+def ort_gpu_available() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return any(p in ort.get_available_providers() for p in GPU_PROVIDERS)
+
+
+def _candidates(spec: ModelSpec, version_dir: Path | None) -> list[Variant]:
+    def exists(v: Variant) -> bool:
+        return version_dir is None or (version_dir / v.file).is_file()
+
+    return [v for v in spec.variants if v.usable and exists(v)]
+
+
+def _precisions(device: str, precision: str | None) -> list[Precision]:
+    if precision is not None:
+        known: dict[str, Precision] = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"}
+        if precision not in known:
+            raise ModelLoadError(f"unknown precision {precision!r}; choose one of fp32, fp16, bf16, int8")
+        return [known[precision]]
+    return ["fp16", "fp32"] if is_cuda(device) else ["fp32"]
+
+
+def _formats(device: str, runtime: str | None) -> list[Literal["onnx", "torchscript", "pt2"]]:
+    if runtime is not None:
+        chosen = [f for f in _FORMAT_ORDER if f == runtime]
+        if not chosen:
+            raise ModelLoadError(f"unknown runtime {runtime!r}; choose one of onnx, pt2, torchscript, eager")
+        return chosen
+    if is_cuda(device) and not ort_gpu_available():
+        return ["pt2", "torchscript"]  # this ONNX Runtime cannot use the GPU: torch files only
+    return list(_FORMAT_ORDER)
+
+
+def select_variant(
+    spec: ModelSpec,
+    *,
+    device: str = "cpu",
+    precision: str | None = None,
+    runtime: str | None = None,
+    version_dir: Path | None = None,
+) -> Variant:
+    """The variant to serve (rules in the module docstring); never one whose parity failed.
+
+    ``version_dir``, when given, also drops variants whose file is missing.
+    """
+    candidates = _candidates(spec, version_dir)
+    for prec in _precisions(device, precision):
+        for fmt in _formats(device, runtime):
+            found = next((v for v in candidates if v.format == fmt and v.precision == prec), None)
+            if found is not None:
+                return found
+    listing = "; ".join(
+        f"{v.file} ({v.format}/{v.precision}, {'usable' if v.usable else 'unusable: ' + str(v.reason)})"
+        for v in spec.variants
+    )
+    raise ModelLoadError(
+        f"{spec.name} v{spec.version}: no usable variant for device={device} precision={precision or 'auto'} "
+        f"runtime={runtime or 'auto'}; variants: {listing or 'none'}. Re-export or change the override."
+    )
+
+
+def open_runtime(
+    version_dir: Path,
+    variant: Variant,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    spinning: bool = True,
+) -> Runtime:
+    """Load ``variant``'s file with its backend; ``threads`` = cores this model may use."""
+    path = version_dir / variant.file
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing; re-export the model or pick another variant")
+    if variant.format == "onnx":
+        from deepserve.handlers.ort_runtime import OrtRuntime
+
+        if is_cuda(device) and not ort_gpu_available():
+            raise ModelLoadError(
+                f"device {device!r} requested for {variant.file} but this onnxruntime has no CUDA/TensorRT "
+                "provider; install the `gpu` extra (onnxruntime-gpu, not both builds) or use runtime='pt2'"
+            )
+        n_threads = threads or default_threads()
+        return OrtRuntime(path, variant, device=device, threads=n_threads, spinning=spinning)
+    from deepserve.handlers.torch_runtime import load_torch_runtime
+
+    if is_cuda(device):
+        _require_cuda(device)
+    spec = ModelSpec.read(version_dir)
+
+    return load_torch_runtime(path, variant, spec, device=device, threads=threads)
+
+
+def open_eager(
+    version_dir: Path, *, device: str = "cpu", precision: str | None = None, threads: int | None = None
+) -> Runtime:
+    """Rebuild the model from the checkpoint named in model.json ``source`` (no exported file needed)."""
+    if is_cuda(device):
+        _require_cuda(device)
+    from deepserve.handlers.torch_runtime import load_eager_runtime
+
+    return load_eager_runtime(version_dir, ModelSpec.read(version_dir), device=device, precision=precision,
+                              threads=threads)  # fmt: skip
+
+
+def _require_cuda(device: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available here; use device='cpu'")

@@ -1,0 +1,190 @@
+"""``deepserve serve``: HTTP (uvicorn) and gRPC in one process, on one event loop.
+
+SIGTERM / SIGINT: readiness turns false and new requests get 503 at once, in-flight work
+(streams included) finishes within ``drain_timeout_s``, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import socket
+import sys
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from deepserve.service.app import create_app
+from deepserve.service.grpc_service import create_grpc_server
+from deepserve.service.settings import Settings
+from deepserve.service.state import ServerState
+
+log = logging.getLogger("deepserve")
+BACKLOG = 4096  # connections the kernel queues before accept: bursts of new clients are not refused
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: ``serve`` below owns SIGTERM (exit 0 after draining)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, help="model store (DEEPSERVE_MODEL_STORE)")
+    parser.add_argument("--host", help="bind address (DEEPSERVE_HOST, default 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, help="HTTP port (DEEPSERVE_HTTP_PORT, default 8000)")
+    parser.add_argument(
+        "--grpc-port", type=int, help="gRPC port (DEEPSERVE_GRPC_PORT, default 8001; 0 = off)"
+    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Environment first, then command-line flags that were given."""
+    flags = {"model_store": args.store, "host": args.host, "http_port": args.http_port,
+             "grpc_port": args.grpc_port, "log_level": args.log_level}  # fmt: skip
+    given = {k: v for k, v in flags.items() if v is not None}
+    if given.get("grpc_port") == 0:
+        given["enable_grpc"] = False
+    return Settings(**given)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="deepserve serve", description="Serve a model store over HTTP and gRPC."
+    )
+    add_serve_arguments(parser)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    return run(settings_from(args))
+
+
+def run(settings: Settings) -> int:
+    import prometheus_client
+
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created doubles scrapes
+    logging.basicConfig(  # force: `deepserve up` may have logged (and so configured logging) already
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    if not settings.model_store.is_dir():
+        log.error(
+            "model store %s does not exist: pass --store (or DEEPSERVE_MODEL_STORE), or build one with "
+            "`deepserve up` / `deepserve store build --store %s`", settings.model_store, settings.model_store
+        )
+        return 2
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(settings))
+
+
+def _bind_http(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """The HTTP sockets, listening before anything starts: a taken port is one clear error, and a
+    second server cannot take the port while the first loads its models. One socket per address
+    the host resolves to, as asyncio's create_server binds them ("localhost": 127.0.0.1 and ::1)."""
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # its own socket for IPv6, as asyncio does
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise OSError(f"cannot bind HTTP on {host}:{port}: {exc.strerror or exc}") from exc
+    return sockets
+
+
+async def serve(settings: Settings) -> int:
+    try:
+        http_sockets = _bind_http(settings.host, settings.http_port, BACKLOG)
+    except OSError as exc:
+        return _cannot_bind(exc)
+    state = ServerState()
+    app = create_app(settings, state=state)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.http_port, http="httptools", lifespan="on",
+        access_log=False, log_level=settings.log_level, backlog=BACKLOG, timeout_keep_alive=30,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
+    )  # fmt: skip
+    http = _Uvicorn(config)
+    grpc_server = create_grpc_server(app.state.registry, settings, state) if settings.enable_grpc else None
+    if grpc_server is not None:
+        try:
+            await grpc_server.start()
+        except OSError as exc:
+            for sock in http_sockets:
+                sock.close()
+            return _cannot_bind(exc)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    http_task = asyncio.create_task(http.serve(sockets=http_sockets))
+    grpc_at = f"{settings.host}:{settings.grpc_port} ({grpc_server.front} front)" if grpc_server else "off"
+    log.info("serving %s: HTTP %s:%d, gRPC %s", settings.model_store, settings.host, settings.http_port,
+             grpc_at)  # fmt: skip
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({http_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if http_task.done():  # uvicorn could not start (its lifespan failed, ...)
+        stopper.cancel()
+        if grpc_server is not None:
+            await grpc_server.stop(0)
+        failure = http_task.exception()
+        log.error("the HTTP server stopped at start-up%s", f": {failure!r}" if failure else "; see above")
+        return 1
+    return await _drain(settings, state, http, http_task, grpc_server)
+
+
+def _cannot_bind(exc: OSError) -> int:
+    log.error(
+        "%s. Is another deepserve (or `deepserve up`) running? Stop it, or choose other ports with "
+        "--http-port / --grpc-port (0 turns gRPC off).", exc
+    )
+    return 1
+
+
+async def _drain(
+    settings: Settings, state: ServerState, http: _Uvicorn, http_task: Any, grpc_server: Any
+) -> int:
+    log.info("signal received: draining (up to %.0f s)", settings.drain_timeout_s)
+    state.begin_drain(settings.drain_timeout_s)
+    finished = await state.wait_idle(state.drain_time_left())
+    if not finished:
+        log.warning(
+            "%d requests still in flight after %.0f s; stopping anyway",
+            state.inflight,
+            settings.drain_timeout_s,
+        )
+    if grpc_server is not None:
+        await grpc_server.stop(min(1.0, state.drain_time_left()))
+    # uvicorn waits for its connections' tasks, and the lifespan for the models, within what is
+    # left of the same deadline: work still running now has had its time
+    http.config.timeout_graceful_shutdown = max(1, math.ceil(state.drain_time_left()))
+    http.should_exit = True
+    await http_task
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

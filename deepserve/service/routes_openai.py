@@ -1,0 +1,261 @@
+"""OpenAI-style API: ``/v1/models``, ``/v1/embeddings``, ``/v1/completions``, ``/v1/chat/completions``.
+
+Streaming answers are server-sent events ending in ``data: [DONE]``; with
+``stream_options.include_usage`` one extra chunk with ``"choices": []`` carries the usage.
+Chat prompts: the messages' texts joined by newlines (the GPTs here are plain language models,
+trained without a chat template).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from deepserve.service import inference, json_codec
+from deepserve.service.errors import InvalidRequestError
+from deepserve.service.http_errors import error_body
+from deepserve.service.http_stream import TrackedStreamingResponse, record_stream_error
+from deepserve.service.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from deepserve.service.registry import Registry
+from deepserve.service.streaming import merge, prime
+
+router = APIRouter()
+_CREATED = int(time.time())
+
+
+def _json(content: Any) -> Response:
+    return Response(json_codec.dumps(content), media_type="application/json")
+
+
+def _registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+def _model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": _CREATED, "owned_by": "deepserve"}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    names = [n for n in _registry(request).names()]
+    return _json({"object": "list", "data": [_model_card(n) for n in names]})
+
+
+@router.get("/v1/models/{model:path}")
+async def get_model(request: Request, model: str) -> Response:
+    _registry(request).find(model)
+    return _json(_model_card(model))
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request, body: EmbeddingRequest) -> Response:
+    registry = _registry(request)
+    with inference.RequestTracker(registry, body.model, "openai"):
+        inputs = (
+            [body.input] if isinstance(body.input, str) or _is_token_list(body.input) else list(body.input)
+        )
+        if not inputs:
+            raise InvalidRequestError("'input' is empty; send a string or a list of strings")
+        vectors, tokens = await inference.embed(registry, body.model, inputs)
+        vectors = _resize(vectors, body.dimensions)
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
+            for i, v in enumerate(vectors)
+        ]
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return _json({"object": "list", "data": data, "model": body.model, "usage": usage})
+
+
+def _is_token_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, int) for v in value)
+
+
+def _resize(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+    if dimensions is None or dimensions == vectors.shape[1]:
+        return vectors
+    if dimensions > vectors.shape[1]:
+        raise InvalidRequestError(f"dimensions={dimensions} exceeds the model's {vectors.shape[1]}")
+    cut = vectors[:, :dimensions]
+    norms = np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+    return np.asarray(cut / norms, dtype=np.float32)
+
+
+def _encode_vector(vector: np.ndarray, encoding: str) -> Any:
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.astype(np.float32).tolist()
+
+
+# -- text generation -------------------------------------------------------------------------
+def _sampling(body: Any, max_tokens: int | None) -> Any:
+    from deepserve.service.engine import SamplingParams
+
+    if body.logprobs not in (None, False, 0):
+        raise InvalidRequestError("logprobs are not supported by this server; leave 'logprobs' unset")
+    return SamplingParams(
+        max_tokens=max_tokens or 16, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
+        stop=body.stop_strings(), seed=body.seed, n=body.n,
+    )  # fmt: skip
+
+
+def _prompts(registry: Registry, body: CompletionRequest) -> list[str]:
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        return [prompt]
+    items: list[Any] = [prompt] if _is_token_list(prompt) else list(prompt)
+    out = []
+    for p in items:
+        if isinstance(p, str):
+            out.append(p)
+        else:  # token ids: decoded with the model's own tokenizer
+            handler: Any = inference.generation_entry(registry, body.model).handler
+            out.append(handler.decode(list(p)))
+    if not out:
+        raise InvalidRequestError("'prompt' is empty")
+    return out
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, body: CompletionRequest) -> Response:
+    if body.echo or (body.best_of or 1) > 1:
+        raise InvalidRequestError("'echo' and 'best_of' > 1 are not supported; leave them unset")
+    registry = _registry(request)
+    with inference.RequestTracker(registry, body.model, "openai") as tracker:
+        prompts = _prompts(registry, body)
+        params = _sampling(body, body.max_tokens)
+        run = await _start(registry, body.model, prompts, params, "cmpl")
+        if body.stream:
+            include = bool(body.stream_options and body.stream_options.include_usage)
+            return _sse(tracker, _completion_events(body.model, run, include, tracker))
+        choices, usage = await _collect(run)
+    return _json({
+        "id": run.id, "object": "text_completion", "created": run.created, "model": body.model,
+        "choices": [{"text": c["text"], "index": i, "logprobs": None, "finish_reason": c["finish_reason"]}
+                    for i, c in enumerate(choices)],
+        "usage": usage,
+    })  # fmt: skip
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+    if body.tools:
+        raise InvalidRequestError("tools / function calling are not supported by these models")
+    registry = _registry(request)
+    with inference.RequestTracker(registry, body.model, "openai") as tracker:
+        prompt = "\n".join(m.text() for m in body.messages if m.role != "tool")
+        params = _sampling(body, body.max_completion_tokens or body.max_tokens)
+        run = await _start(registry, body.model, [prompt], params, "chatcmpl")
+        if body.stream:
+            include = bool(body.stream_options and body.stream_options.include_usage)
+            return _sse(tracker, _chat_events(body.model, run, include, tracker))
+        choices, usage = await _collect(run)
+    return _json({
+        "id": run.id, "object": "chat.completion", "created": run.created, "model": body.model,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": c["text"]}, "logprobs": None,
+                     "finish_reason": c["finish_reason"]} for i, c in enumerate(choices)],
+        "usage": usage,
+    })  # fmt: skip
+
+
+class _Run:
+    """One API call: its prompts' merged chunk streams and what the usage block needs."""
+
+    def __init__(
+        self, stream: AsyncIterator[tuple[int, Any]], n: int, prompt_tokens: int, prefix: str
+    ) -> None:
+        self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"  # OpenAI's: cmpl-… completions, chatcmpl-… chat
+        self.created = int(time.time())
+        self.stream, self.n, self.prompt_tokens = stream, n, prompt_tokens
+        self.completion_tokens = 0
+
+    def usage(self) -> dict[str, int]:
+        total = self.prompt_tokens + self.completion_tokens
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": total,
+        }
+
+
+async def _start(registry: Registry, model: str, prompts: list[str], params: Any, prefix: str) -> _Run:
+    tokens = sum(inference.count_tokens(registry, model, p) for p in prompts)
+    sources = [await prime(inference.generate(registry, model, p, params)) for p in prompts]
+    return _Run(merge(sources), params.n, tokens, prefix)
+
+
+async def _collect(run: _Run) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    texts: dict[int, list[str]] = {}
+    reasons: dict[int, str | None] = {}
+    async for source, chunk in run.stream:
+        index = source * run.n + chunk.choice
+        texts.setdefault(index, []).append(chunk.text)
+        run.completion_tokens += len(chunk.token_ids)
+        if chunk.finish_reason:
+            reasons[index] = chunk.finish_reason
+    choices = [{"text": "".join(texts[i]), "finish_reason": reasons.get(i, "stop")} for i in sorted(texts)]
+    return choices, run.usage()
+
+
+def _event(payload: Any) -> bytes:
+    return b"data: " + json_codec.dumps(payload) + b"\n\n"
+
+
+def _sse(tracker: inference.RequestTracker, events: AsyncIterator[bytes]) -> StreamingResponse:
+    headers = {"Cache-Control": "no-cache"}
+    return TrackedStreamingResponse(tracker, events, media_type="text/event-stream", headers=headers)
+
+
+async def _guarded(run: _Run, make: Any, tracker: inference.RequestTracker) -> AsyncIterator[bytes]:
+    """Yield events; a mid-stream error becomes an ``error`` event (the client raises APIError),
+    and the request is counted with that error's status, not the 200 its header said."""
+    try:
+        async for source, chunk in run.stream:
+            run.completion_tokens += len(chunk.token_ids)
+            yield _event(make(source * run.n + chunk.choice, chunk))
+    except Exception as exc:
+        yield _event(error_body(record_stream_error(tracker, exc), "openai"))
+
+
+async def _completion_events(
+    model: str, run: _Run, include_usage: bool, tracker: inference.RequestTracker
+) -> AsyncIterator[bytes]:
+    base = {"id": run.id, "object": "text_completion", "created": run.created, "model": model}
+
+    def make(index: int, chunk: Any) -> dict[str, Any]:
+        choice = {"text": chunk.text, "index": index, "logprobs": None, "finish_reason": chunk.finish_reason}
+        return {**base, "choices": [choice]} | ({"usage": None} if include_usage else {})
+
+    async for event in _guarded(run, make, tracker):
+        yield event
+    if include_usage:
+        yield _event({**base, "choices": [], "usage": run.usage()})
+    yield b"data: [DONE]\n\n"
+
+
+async def _chat_events(
+    model: str, run: _Run, include_usage: bool, tracker: inference.RequestTracker
+) -> AsyncIterator[bytes]:
+    base = {"id": run.id, "object": "chat.completion.chunk", "created": run.created, "model": model}
+    extra = {"usage": None} if include_usage else {}
+    for index in range(run.n):
+        choice = {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        yield _event({**base, "choices": [choice], **extra})
+
+    def make(index: int, chunk: Any) -> dict[str, Any]:
+        delta = {"content": chunk.text} if chunk.text else {}
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": chunk.finish_reason}
+        return {**base, "choices": [choice], **extra}
+
+    async for event in _guarded(run, make, tracker):
+        yield event
+    if include_usage:
+        yield _event({**base, "choices": [], "usage": run.usage()})
+    yield b"data: [DONE]\n\n"

@@ -1,0 +1,233 @@
+"""The guide's supervised training loop (chapter 16), made reusable.
+
+One ``fit`` serves every supervised recipe: the caller passes ``loss_fn(model, batch) -> loss``,
+so images, tabular rows, token ids and language-model windows all go through the same code.
+It does AdamW / Adam / SGD, a per-step or per-epoch lr schedule, gradient clipping, gradient
+accumulation, early stopping on the val loss restoring the best weights, CUDA autocast with a
+GradScaler (bf16 autocast on CPU on request) and DDP-aware gradient sync. ``max_steps`` and the
+wall-clock ``max_seconds`` both end training between batches; the best-val-loss weights are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from deepserve.training.budget import Budget
+from deepserve.training.config import TrainConfig
+from deepserve.training.distributed import DistContext, set_epoch, unwrap
+from deepserve.training.optim import Schedule, build_optimizer
+
+Batch = tuple[Tensor, ...]
+LossFn = Callable[[nn.Module, Batch], Tensor]
+ValMetric = Callable[[nn.Module], dict[str, float]]
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+    out_of_time: bool = False  # stopped by ``max_seconds``
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def autocast(device: torch.device, bf16: bool = False) -> contextlib.AbstractContextManager[Any]:
+    """fp16 autocast on CUDA; bf16 autocast on CPU only when asked; otherwise plain fp32."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module, loader: DataLoader, loss_fn: LossFn, device: torch.device, bf16: bool = False
+) -> float:
+    """Mean loss over the loader, weighted by batch size."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast(device, bf16):
+            loss = loss_fn(model, batch)
+        total += float(loss) * len(batch[0])
+        count += len(batch[0])
+    return total / max(1, count)
+
+
+def show_progress(ctx: DistContext, progress: bool | None) -> bool:
+    return (sys.stderr.isatty() if progress is None else progress) and ctx.is_main
+
+
+class _Stepper:
+    """Backward with accumulation; optimizer step + clip + schedule every ``grad_accum`` batches."""
+
+    def __init__(
+        self, model: nn.Module, cfg: TrainConfig, device: torch.device, total_steps: int, budget: Budget
+    ) -> None:
+        self.model, self.cfg, self.budget = model, cfg, budget
+        self.optimizer = build_optimizer(model.parameters(), cfg)
+        self.schedule = Schedule(self.optimizer, cfg, total_steps, budget)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        self.steps, self.out_of_time = 0, False
+
+    def backward(self, loss: Tensor, step_now: bool, ddp: bool) -> None:
+        # Under DDP, skip the gradient all-reduce on batches that only accumulate.
+        sync = self.model.no_sync() if (ddp and not step_now) else contextlib.nullcontext()
+        with sync:
+            self.scaler.scale(loss / self.cfg.grad_accum).backward()
+        if step_now:
+            self._step()
+
+    def _step(self) -> None:
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.after_step()
+        self.steps += 1
+
+    def done(self, ddp: bool) -> bool:
+        """``max_steps`` reached or the time budget spent (on any rank: all must stop together)."""
+        expired = self.budget.expired()
+        if ddp and self.budget.max_seconds is not None:
+            flag = torch.tensor([float(expired)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            expired = bool(flag.item())
+        self.out_of_time = expired
+        return expired or (self.cfg.max_steps is not None and self.steps >= self.cfg.max_steps)
+
+
+def _batches(loader: DataLoader, desc: str, show: bool) -> Iterator[tuple[int, Batch, Any]]:
+    bar = tqdm(loader, desc=desc, leave=False, disable=not show, dynamic_ncols=True)
+    for i, batch in enumerate(bar):
+        yield i, batch, bar
+
+
+def _mean_across_ranks(value: float, ctx: DistContext) -> float:
+    # BatchNorm buffers drift apart between ranks, so ranks must agree on one val loss
+    # or their early-stopping decisions could diverge and the process group would hang.
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / ctx.world_size
+
+
+def _train_epoch(
+    model: nn.Module,
+    train: DataLoader,
+    loss_fn: LossFn,
+    stepper: _Stepper,
+    *,
+    device: torch.device,
+    ddp: bool,
+    desc: str,
+    show: bool,
+) -> float:
+    """One pass over ``train``; returns the mean training loss."""
+    model.train()
+    cfg, running, seen = stepper.cfg, 0.0, 0
+    for i, batch, bar in _batches(train, desc, show):
+        batch = to_device(batch, device)
+        with autocast(device, cfg.bf16):
+            loss = loss_fn(model, batch)
+        step_now = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(train)
+        stepper.backward(loss, step_now, ddp)
+        running, seen = running + float(loss.detach()) * len(batch[0]), seen + len(batch[0])
+        bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
+        if step_now and stepper.done(ddp):
+            break
+    return running / max(1, seen)
+
+
+def _format(row: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+def fit(
+    model: nn.Module,
+    train: DataLoader,
+    val: DataLoader,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    ctx: DistContext | None = None,
+    val_metric: ValMetric | None = None,
+    progress: bool | None = None,
+) -> FitResult:
+    """Train ``model`` (possibly DDP-wrapped) and leave the best-val-loss weights in it."""
+    ctx = ctx or DistContext()
+    per_epoch = math.ceil(len(train) / cfg.grad_accum)
+    total = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * per_epoch)
+    stepper = _Stepper(model, cfg, device, total, Budget(cfg.max_seconds))
+    show, result = show_progress(ctx, progress), FitResult()
+    best_state: dict[str, Tensor] | None = None
+    start, stale, best_step = time.perf_counter(), 0, 0
+    for epoch in range(1, cfg.epochs + 1):
+        set_epoch(train, epoch)
+        train_loss = _train_epoch(
+            model,
+            train,
+            loss_fn,
+            stepper,
+            device=device,
+            ddp=ctx.enabled,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            show=show,
+        )
+        core = unwrap(model)
+        val_loss = _mean_across_ranks(evaluate_loss(core, val, loss_fn, device, cfg.bf16), ctx)
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": stepper.schedule.lr,
+            "seconds": time.perf_counter() - start,
+        }
+        row.update(val_metric(core) if val_metric is not None else {})
+        result.history.append(row)
+        stepper.schedule.after_epoch(val_loss)
+        if show:
+            tqdm.write(_format(row), file=sys.stderr)
+        if val_loss < result.best_val_loss:
+            result.best_val_loss, result.best_epoch, stale = val_loss, epoch, 0
+            best_step = stepper.steps
+            best_state = copy.deepcopy(core.state_dict())
+        else:
+            stale += 1
+        result.stopped_early = (
+            cfg.patience is not None
+            and stale >= cfg.patience
+            and stepper.steps - best_step >= cfg.min_patience_steps
+        )
+        if result.stopped_early or stepper.done(ctx.enabled):
+            break
+    if best_state is not None:
+        unwrap(model).load_state_dict(best_state)
+    result.steps, result.seconds = stepper.steps, time.perf_counter() - start
+    result.out_of_time = stepper.out_of_time
+    return result

@@ -1,0 +1,113 @@
+"""Byte-level text data: language-model windows and topic-labelled snippets.
+
+Token ids are the UTF-8 bytes (vocab 256, pad id 0: NUL never occurs in text). Splits are by
+position, never by shuffling windows, so overlapping train windows cannot leak into val/test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import TensorDataset
+
+from deepserve.training.checkpoint import fingerprint
+from deepserve.training.data import BYTE_VOCAB, DataError, TaskData, as_ids, topics_text, windows
+
+
+def text_preprocessing(max_length: int) -> dict[str, Any]:
+    return {
+        "kind": "text",
+        "tokenizer": "bytes",
+        "max_length": max_length,
+        "pad_id": 0,
+        "vocab_size": BYTE_VOCAB,
+    }
+
+
+def lm_data(data: bytes, context: int, *, val_frac: float = 0.1, source: str = "") -> TaskData:
+    """Next-byte prediction: train windows overlap by half a context; val windows do not overlap."""
+    ids = as_ids(data)
+    cut = int(len(ids) * (1 - val_frac))
+    train_w, val_w = (
+        windows(ids[:cut], context + 1, max(1, context // 2)),
+        windows(ids[cut:], context + 1, context),
+    )
+    if len(train_w) < 2 or len(val_w) < 1:
+        need = 2 * (context + 1) * round(1 / val_frac)
+        raise DataError(
+            f"text too short: {len(ids)} bytes; a context of {context} needs at least about "
+            f"{need} bytes (or pass a smaller --context)"
+        )
+    empty = torch.zeros(0, context, dtype=torch.long)
+    return TaskData(
+        "text-generation",
+        "text",
+        TensorDataset(train_w[:, :-1], train_w[:, 1:]),
+        TensorDataset(val_w[:, :-1], val_w[:, 1:]),
+        TensorDataset(empty, empty),
+        text_preprocessing(context),
+        fingerprint(data),
+        [],
+        source,
+    )
+
+
+def lm_ids(task: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat train / val byte ids of an ``lm_data`` task (for the unigram baseline)."""
+    return task.train.tensors[0].flatten(), task.val.tensors[0].flatten()
+
+
+def topic_corpus() -> bytes:
+    return b"\n\n".join(topics_text().values())
+
+
+def topic_snippets(
+    n_topics: int = 8,
+    length: int = 128,
+    train_stride: int | None = None,
+    topics: tuple[str, ...] | None = None,
+) -> TaskData:
+    """Snippets of the given reference ``topics`` (default: the ``n_topics`` largest), labelled by topic.
+
+    Each topic's text is cut 80 / 10 / 10 by position; train windows step ``train_stride``
+    (default half a window; overlapping windows act as random-crop augmentation), val / test
+    windows do not overlap.
+    """
+    every = topics_text()
+    missing = [t for t in topics or () if t not in every]
+    if missing:
+        raise DataError(f"unknown reference topic(s) {', '.join(missing)}; see pydoc_data.topics")
+    texts = (
+        [(t, every[t]) for t in topics]
+        if topics
+        else sorted(every.items(), key=lambda kv: -len(kv[1]))[:n_topics]
+    )
+    labels = sorted(name for name, _ in texts)
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"train": [], "val": [], "test": []}
+    for name, data in texts:
+        ids, y = as_ids(data), labels.index(name)
+        a, b = int(len(ids) * 0.8), int(len(ids) * 0.9)
+        for split, chunk, stride in (
+            ("train", ids[:a], train_stride or length // 2),
+            ("val", ids[a:b], length),
+            ("test", ids[b:], length),
+        ):
+            w = windows(chunk, length, stride)
+            parts[split].append((w, torch.full((len(w),), y)))
+
+    def dataset(split: str) -> TensorDataset:
+        ids = torch.cat([w for w, _ in parts[split]])
+        return TensorDataset(ids, torch.ones_like(ids), torch.cat([y for _, y in parts[split]]))
+
+    return TaskData(
+        "classification",
+        "text",
+        dataset("train"),
+        dataset("val"),
+        dataset("test"),
+        text_preprocessing(length),
+        fingerprint(*(d for _, d in texts)),
+        labels,
+        f"pydoc_data.topics, topics {', '.join(labels)}",
+    )

@@ -13,17 +13,19 @@ import logging
 import math
 import signal
 import socket
+import ssl
 import sys
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from deepserve.service.app import create_app
-from deepserve.service.grpc_service import create_grpc_server
+from deepserve.service.dataplane import DataPlane
+from deepserve.service.grpc_server import GrpcServer, create_grpc_server
+from deepserve.service.grpc_service import InferenceServicer
 from deepserve.service.settings import Settings
-from deepserve.service.state import ServerState
 
 log = logging.getLogger("deepserve")
 BACKLOG = 4096  # connections the kernel queues before accept: bursts of new clients are not refused
@@ -79,14 +81,9 @@ def run(settings: Settings) -> int:
             "`deepserve up` / `deepserve store build --store %s`", settings.model_store, settings.model_store
         )
         return 2
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
+    import uvloop  # comes with uvicorn[standard]
 
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(serve(settings))
 
 
@@ -119,40 +116,48 @@ async def serve(settings: Settings) -> int:
         http_sockets = _bind_http(settings.host, settings.http_port, BACKLOG)
     except OSError as exc:
         return _cannot_bind(exc)
-    state = ServerState()
-    app = create_app(settings, state=state)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.http_port, http="httptools", lifespan="on",
-        access_log=False, log_level=settings.log_level, backlog=BACKLOG, timeout_keep_alive=30,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
-    )  # fmt: skip
-    http = _Uvicorn(config)
-    grpc_server = create_grpc_server(app.state.registry, settings, state) if settings.enable_grpc else None
-    if grpc_server is not None:
+    plane = DataPlane(settings)
+    http = _Uvicorn(_uvicorn_config(create_app(plane), settings))
+    grpc_server = None
+    if settings.enable_grpc:
+        grpc_server = create_grpc_server(InferenceServicer(plane), settings, ready=plane.ready)
         try:
             await grpc_server.start()
         except OSError as exc:
             for sock in http_sockets:
                 sock.close()
             return _cannot_bind(exc)
+    await plane.start()  # models load in the background: liveness answers now, readiness when loaded
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     http_task = asyncio.create_task(http.serve(sockets=http_sockets))
-    grpc_at = f"{settings.host}:{settings.grpc_port} ({grpc_server.front} front)" if grpc_server else "off"
-    log.info("serving %s: HTTP %s:%d, gRPC %s", settings.model_store, settings.host, settings.http_port,
-             grpc_at)  # fmt: skip
+    grpc_at = f"{settings.host}:{settings.grpc_port}" if grpc_server else "off"
+    log.info("serving %s: HTTP %s:%d, gRPC %s%s", settings.model_store, settings.host, settings.http_port,
+             grpc_at, " (TLS)" if settings.tls else "")  # fmt: skip
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({http_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if http_task.done():  # uvicorn could not start (its lifespan failed, ...)
+    if http_task.done():  # uvicorn could not start
         stopper.cancel()
         if grpc_server is not None:
             await grpc_server.stop(0)
+        await plane.stop()
         failure = http_task.exception()
         log.error("the HTTP server stopped at start-up%s", f": {failure!r}" if failure else "; see above")
         return 1
-    return await _drain(settings, state, http, http_task, grpc_server)
+    return await _drain(plane, http, http_task, grpc_server)
+
+
+def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=settings.host, port=settings.http_port, http="httptools", lifespan="off",
+        access_log=False, log_level=settings.log_level, backlog=BACKLOG, timeout_keep_alive=30,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
+        ssl_certfile=settings.tls_certfile, ssl_keyfile=settings.tls_keyfile,
+        ssl_ca_certs=str(settings.tls_ca_certfile) if settings.tls_ca_certfile else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if settings.tls_ca_certfile else ssl.CERT_NONE,
+    )  # fmt: skip
 
 
 def _cannot_bind(exc: OSError) -> int:
@@ -163,25 +168,24 @@ def _cannot_bind(exc: OSError) -> int:
     return 1
 
 
-async def _drain(
-    settings: Settings, state: ServerState, http: _Uvicorn, http_task: Any, grpc_server: Any
-) -> int:
-    log.info("signal received: draining (up to %.0f s)", settings.drain_timeout_s)
-    state.begin_drain(settings.drain_timeout_s)
-    finished = await state.wait_idle(state.drain_time_left())
-    if not finished:
-        log.warning(
-            "%d requests still in flight after %.0f s; stopping anyway",
-            state.inflight,
-            settings.drain_timeout_s,
-        )
+async def _drain(plane: DataPlane, http: _Uvicorn, http_task: Any, grpc_server: GrpcServer | None) -> int:
+    """SIGTERM: every step shares the one drain deadline the data plane starts now."""
+    timeout = plane.settings.drain_timeout_s
+    log.info("signal received: draining (up to %.0f s)", timeout)
+    plane.begin_drain()
+    if grpc_server is not None:  # health NOT_SERVING now: probes stop sending while calls finish
+        await grpc_server.begin_drain()
+    if not await plane.wait_idle():
+        left = plane.state.inflight
+        log.warning("%d requests still in flight after %.0f s; stopping anyway", left, timeout)
     if grpc_server is not None:
-        await grpc_server.stop(min(1.0, state.drain_time_left()))
-    # uvicorn waits for its connections' tasks, and the lifespan for the models, within what is
-    # left of the same deadline: work still running now has had its time
-    http.config.timeout_graceful_shutdown = max(1, math.ceil(state.drain_time_left()))
+        await grpc_server.stop(min(1.0, plane.state.drain_time_left()))
+    # uvicorn waits for its connections' tasks, then the models drain, within what is left of the
+    # same deadline: work still running now has had its time
+    http.config.timeout_graceful_shutdown = max(1, math.ceil(plane.state.drain_time_left()))
     http.should_exit = True
     await http_task
+    await plane.stop()
     log.info("stopped")
     return 0
 

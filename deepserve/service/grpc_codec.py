@@ -1,6 +1,6 @@
-"""KServe v2 protobuf messages (tritonclient 2.73's stubs) <-> the inference layer's values.
+"""KServe v2 protobuf messages (tritonclient 2.73's stubs) <-> the data plane's values.
 
-Outputs always go in ``raw_output_contents`` (protocols.md 2: tritonclient's ``as_numpy`` reads
+Outputs always go in ``raw_output_contents`` (tritonclient's ``as_numpy`` reads
 only raw contents). Inputs may be raw (what tritonclient and perf_analyzer send) or typed.
 """
 

@@ -1,20 +1,18 @@
-"""The KServe v2 infer route as bare ASGI, ahead of FastAPI's router.
+"""The KServe v2 infer route, as bare ASGI ahead of FastAPI's router: its one implementation.
 
 Profiling the tiny-MLP case showed FastAPI's routing and dependency solving costing more per
 request than decoding, batching and running the model together. This middleware answers
-``POST /v2/models/{m}[/versions/{v}]/infer`` itself with the same inference-layer calls and
-error mapping as ``routes_v2.infer`` (which stays registered for the OpenAPI schema), and hands
-every other request to FastAPI untouched.
+``POST /v2/models/{m}[/versions/{v}]/infer`` itself and hands every other request to FastAPI
+untouched. The route is described in the OpenAPI document by ``routes_v2.INFER_OPENAPI``.
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from deepserve.service import inference
+from deepserve.service.dataplane import DataPlane
 from deepserve.service.errors import ClientClosedError, InvalidRequestError
 from deepserve.service.http_errors import error_response
-from deepserve.service.registry import Registry
 from deepserve.service.v2_codec import decode_request, encode_response, parse_header_length
 
 _PREFIX, _SUFFIX = "/v2/models/", "/infer"
@@ -34,9 +32,9 @@ def parse_infer_path(path: str) -> tuple[str, str | None] | None:
 
 
 class FastInferMiddleware:
-    def __init__(self, app: ASGIApp, registry: Registry) -> None:
+    def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
         self.app = app
-        self.registry = registry
+        self.plane = plane
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = parse_infer_path(scope["path"]) if scope["type"] == "http" else None
@@ -59,20 +57,23 @@ class FastInferMiddleware:
     async def _infer(
         self, scope: Scope, receive: Receive, model: str, version: str | None
     ) -> tuple[bytes, int | None]:
-        with inference.RequestTracker(self.registry, model, "v2-http"):
-            header_value = encoding = None
-            for key, value in scope["headers"]:
-                if key == b"inference-header-content-length":
-                    header_value = value.decode("latin-1")
-                elif key == b"content-encoding":
-                    encoding = value
+        header_value = encoding = None
+        for key, value in scope["headers"]:
+            if key == b"inference-header-content-length":
+                header_value = value.decode("latin-1")
+            elif key == b"content-encoding":
+                encoding = value
+        with self.plane.call(model, version, "v2-http") as call:  # a full queue refuses before the body
             if encoding not in (None, b"identity", b""):
                 raise InvalidRequestError("compressed request bodies are not supported; send it uncompressed")
-            inference.admit(self.registry, model, version)  # a full queue refuses before the body is read
             body = await _read_body(receive)
-            request = decode_request(body, parse_header_length(header_value, len(body)))
-            result = await inference.infer(self.registry, model, version, request)
-            return encode_response(result, request)
+            header_length = parse_header_length(header_value, len(body))
+            # a large JSON body takes milliseconds to parse: the codec stage decides where it runs
+            size = f"body-{len(body).bit_length() // 4}"  # sizes within a factor of 16 share a cost
+            stage = self.plane.stage
+            request = await stage.run(stage.cost(model, "decode", size), decode_request, body, header_length)
+            result = await call.infer(request)
+            return await stage.run(stage.cost(model, "encode", size), encode_response, result, request)
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -1,22 +1,22 @@
-"""Pure ASGI middleware in front of every route: drain refusal, bearer auth, body-size limit.
+"""Pure ASGI middleware in front of every route: the data plane's guard, and the body-size limit.
 
-Kept out of FastAPI's middleware stack (BaseHTTPMiddleware costs a task per request) so the
-hot path pays a few dict lookups. Health, readiness and /metrics stay open and are never
-refused while draining, so probes and scrapes keep telling the truth.
+The guard (``DataPlane.guard``: drain refusal, bearer token, in-flight count) is the policy every
+transport applies; the body limit is HTTP's own (gRPC caps its messages itself). Kept out of
+FastAPI's middleware stack (BaseHTTPMiddleware costs a task per request) so the hot path pays a
+few dict lookups. Health, readiness and /metrics stay open and are never refused while draining,
+so probes and scrapes keep telling the truth.
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deepserve.service.errors import PayloadTooLargeError, ShuttingDownError, UnauthorizedError
+from deepserve.service.dataplane import DataPlane
+from deepserve.service.errors import PayloadTooLargeError
 from deepserve.service.http_errors import error_response
-from deepserve.service.settings import Settings
-from deepserve.service.state import ServerState
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/ping", "/metrics", "/v2"})
 
@@ -26,49 +26,38 @@ def is_open(path: str) -> bool:
 
 
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings, state: ServerState) -> None:
+    def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
         self.app = app
-        self.state = state
-        self.max_body = settings.max_body_bytes
-        token = settings.auth_token
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.plane = plane
+        self.max_body = plane.settings.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if is_open(path):
-            await self.app(scope, receive, send)
-            return
-        error = self._refusal(scope)
-        if error is not None:
-            await error_response(error, path)(scope, receive, send)
-            return
-        self.state.enter()
-        try:
-            await self.app(scope, self._limited(receive), send)
-        finally:
-            self.state.leave()
-
-    def _refusal(self, scope: Scope) -> Exception | None:
-        if self.state.draining:
-            return ShuttingDownError("server is shutting down; retry on another replica")
-        headers: Any = scope["headers"]
         auth = length = None
+        headers: Any = scope["headers"]
         for key, value in headers:
             if key == b"authorization":
                 auth = value
             elif key == b"content-length":
                 length = value
-        protected = self.expected is not None and not _is_management(scope["path"])
-        if protected and (auth is None or not hmac.compare_digest(auth, self.expected or b"")):
-            return UnauthorizedError("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return PayloadTooLargeError(
-                f"request body of {int(length)} bytes exceeds the {self.max_body}-byte limit (max_body_bytes)"
-            )
-        return None
+        guard = self.plane.guard(auth, management=_is_management(path))
+        try:
+            guard.__enter__()
+        except Exception as exc:
+            await error_response(exc, path)(scope, receive, send)
+            return
+        try:
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                error = PayloadTooLargeError(f"request body of {int(length)} bytes exceeds the "
+                                             f"{self.max_body}-byte limit (max_body_bytes)")  # fmt: skip
+                await error_response(error, path)(scope, receive, send)
+                return
+            await self.app(scope, self._limited(receive), send)
+        finally:
+            guard.__exit__(None, None, None)
 
     def _limited(self, receive: Receive) -> Receive:
         """Counts a chunked body as it arrives, so a body without Content-Length is capped too."""
@@ -90,5 +79,5 @@ class GuardMiddleware:
 
 
 def _is_management(path: str) -> bool:
-    """Load/unload check their own (management) token in the route."""
+    """Load/unload carry the management token, which the data plane checks when it loads."""
     return path.startswith("/v2/repository/models/")

@@ -1,7 +1,7 @@
 """A streamed HTTP answer (SSE, chunked text) that is counted as one request until its last byte.
 
 Starlette returns the response object to the route as soon as it is made, so a ``with
-RequestTracker`` around the route would end the request's accounting before the first token: the
+Call`` around the route would end the request's accounting before the first token: the
 in-flight gauge (which the autoscaler reads) would miss every running stream, the duration would
 be the time to the first byte, and an error in the middle of a stream (sent as an SSE ``error``
 event after a 200 header) would count as a success, hidden from the error-rate alert.
@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Mapping
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from deepserve.service.call import Call
 from deepserve.service.errors import ClientClosedError, DeepserveError, as_deepserve_error
-from deepserve.service.inference import RequestTracker
 
 CLIENT_CLOSED = str(ClientClosedError.status)  # the client left before the answer ended
 
@@ -23,13 +23,13 @@ CLIENT_CLOSED = str(ClientClosedError.status)  # the client left before the answ
 class TrackedStreamingResponse(StreamingResponse):
     def __init__(
         self,
-        tracker: RequestTracker,
+        call: Call,
         content: AsyncIterator[bytes],
         media_type: str,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        tracker.keep_open()
-        self.tracker, self._completed = tracker, False
+        call.keep_open()
+        self.call, self._completed = call, False
         super().__init__(self._watch(content), media_type=media_type, headers=headers)
 
     async def _watch(self, content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -42,16 +42,16 @@ class TrackedStreamingResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         except Exception as exc:
             if not self._completed:
-                self.tracker.code = str(as_deepserve_error(exc).status)
+                self.call.code = str(as_deepserve_error(exc).status)
             raise
         finally:
-            if not self._completed and self.tracker.code == "200":
-                self.tracker.code = CLIENT_CLOSED  # disconnected or cancelled mid-stream
-            self.tracker.finish()
+            if not self._completed and self.call.code == "200":
+                self.call.code = CLIENT_CLOSED  # disconnected or cancelled mid-stream
+            self.call.finish()
 
 
-def record_stream_error(tracker: RequestTracker, exc: BaseException) -> DeepserveError:
+def record_stream_error(call: Call, exc: BaseException) -> DeepserveError:
     """For streams that report an error in-band (an SSE ``error`` event): count its status."""
     error = as_deepserve_error(exc)
-    tracker.code = str(error.status)
+    call.code = str(error.status)
     return error

@@ -214,11 +214,8 @@ class Registry:
         self.metrics.inflight_child(entry.name)
 
     async def _start_engine(self, entry: ModelEntry, handler: Handler) -> Any:
-        try:
-            from deepserve.service.engine import GenerationEngine
-        except ImportError:
-            log.warning("service.engine is missing: %s serves v2 infer only, no /v1 generation", entry.name)
-            return None
+        from deepserve.service.engine import GenerationEngine
+
         engine = GenerationEngine(
             handler,  # type: ignore[arg-type]  # task "text-generation" => TextGenerationHandler
             self.metrics,

@@ -18,12 +18,13 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from deepserve.service import inference, json_codec
+from deepserve.service import json_codec
+from deepserve.service.call import Call
 from deepserve.service.errors import InvalidRequestError
+from deepserve.service.http_deps import plane_of
 from deepserve.service.http_errors import error_body
 from deepserve.service.http_stream import TrackedStreamingResponse, record_stream_error
 from deepserve.service.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from deepserve.service.registry import Registry
 from deepserve.service.streaming import merge, prime
 
 router = APIRouter()
@@ -34,37 +35,31 @@ def _json(content: Any) -> Response:
     return Response(json_codec.dumps(content), media_type="application/json")
 
 
-def _registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
-
-
 def _model_card(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": _CREATED, "owned_by": "deepserve"}
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
-    names = [n for n in _registry(request).names()]
+    names = plane_of(request).model_names()
     return _json({"object": "list", "data": [_model_card(n) for n in names]})
 
 
 @router.get("/v1/models/{model:path}")
 async def get_model(request: Request, model: str) -> Response:
-    _registry(request).find(model)
+    plane_of(request).require_model(model)
     return _json(_model_card(model))
 
 
 @router.post("/v1/embeddings")
 async def embeddings(request: Request, body: EmbeddingRequest) -> Response:
-    registry = _registry(request)
-    with inference.RequestTracker(registry, body.model, "openai"):
+    with plane_of(request).call(body.model, None, "openai") as call:
         inputs = (
             [body.input] if isinstance(body.input, str) or _is_token_list(body.input) else list(body.input)
         )
         if not inputs:
             raise InvalidRequestError("'input' is empty; send a string or a list of strings")
-        vectors, tokens = await inference.embed(registry, body.model, inputs)
+        vectors, tokens = await call.embed(inputs)
         vectors = _resize(vectors, body.dimensions)
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
@@ -106,7 +101,7 @@ def _sampling(body: Any, max_tokens: int | None) -> Any:
     )  # fmt: skip
 
 
-def _prompts(registry: Registry, body: CompletionRequest) -> list[str]:
+def _prompts(call: Call, body: CompletionRequest) -> list[str]:
     prompt = body.prompt
     if isinstance(prompt, str):
         return [prompt]
@@ -116,8 +111,7 @@ def _prompts(registry: Registry, body: CompletionRequest) -> list[str]:
         if isinstance(p, str):
             out.append(p)
         else:  # token ids: decoded with the model's own tokenizer
-            handler: Any = inference.generation_entry(registry, body.model).handler
-            out.append(handler.decode(list(p)))
+            out.append(call.decode_tokens(list(p)))
     if not out:
         raise InvalidRequestError("'prompt' is empty")
     return out
@@ -127,14 +121,13 @@ def _prompts(registry: Registry, body: CompletionRequest) -> list[str]:
 async def completions(request: Request, body: CompletionRequest) -> Response:
     if body.echo or (body.best_of or 1) > 1:
         raise InvalidRequestError("'echo' and 'best_of' > 1 are not supported; leave them unset")
-    registry = _registry(request)
-    with inference.RequestTracker(registry, body.model, "openai") as tracker:
-        prompts = _prompts(registry, body)
+    with plane_of(request).call(body.model, None, "openai") as call:
+        prompts = _prompts(call, body)
         params = _sampling(body, body.max_tokens)
-        run = await _start(registry, body.model, prompts, params, "cmpl")
+        run = await _start(call, prompts, params, "cmpl")
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(tracker, _completion_events(body.model, run, include, tracker))
+            return _sse(call, _completion_events(body.model, run, include, call))
         choices, usage = await _collect(run)
     return _json({
         "id": run.id, "object": "text_completion", "created": run.created, "model": body.model,
@@ -148,14 +141,13 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
 async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
     if body.tools:
         raise InvalidRequestError("tools / function calling are not supported by these models")
-    registry = _registry(request)
-    with inference.RequestTracker(registry, body.model, "openai") as tracker:
+    with plane_of(request).call(body.model, None, "openai") as call:
         prompt = "\n".join(m.text() for m in body.messages if m.role != "tool")
         params = _sampling(body, body.max_completion_tokens or body.max_tokens)
-        run = await _start(registry, body.model, [prompt], params, "chatcmpl")
+        run = await _start(call, [prompt], params, "chatcmpl")
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(tracker, _chat_events(body.model, run, include, tracker))
+            return _sse(call, _chat_events(body.model, run, include, call))
         choices, usage = await _collect(run)
     return _json({
         "id": run.id, "object": "chat.completion", "created": run.created, "model": body.model,
@@ -185,9 +177,9 @@ class _Run:
         }
 
 
-async def _start(registry: Registry, model: str, prompts: list[str], params: Any, prefix: str) -> _Run:
-    tokens = sum(inference.count_tokens(registry, model, p) for p in prompts)
-    sources = [await prime(inference.generate(registry, model, p, params)) for p in prompts]
+async def _start(call: Call, prompts: list[str], params: Any, prefix: str) -> _Run:
+    tokens = sum(call.count_tokens(p) for p in prompts)
+    sources = [await prime(call.generate(p, params)) for p in prompts]
     return _Run(merge(sources), params.n, tokens, prefix)
 
 
@@ -208,12 +200,12 @@ def _event(payload: Any) -> bytes:
     return b"data: " + json_codec.dumps(payload) + b"\n\n"
 
 
-def _sse(tracker: inference.RequestTracker, events: AsyncIterator[bytes]) -> StreamingResponse:
+def _sse(call: Call, events: AsyncIterator[bytes]) -> StreamingResponse:
     headers = {"Cache-Control": "no-cache"}
-    return TrackedStreamingResponse(tracker, events, media_type="text/event-stream", headers=headers)
+    return TrackedStreamingResponse(call, events, media_type="text/event-stream", headers=headers)
 
 
-async def _guarded(run: _Run, make: Any, tracker: inference.RequestTracker) -> AsyncIterator[bytes]:
+async def _guarded(run: _Run, make: Any, call: Call) -> AsyncIterator[bytes]:
     """Yield events; a mid-stream error becomes an ``error`` event (the client raises APIError),
     and the request is counted with that error's status, not the 200 its header said."""
     try:
@@ -221,11 +213,11 @@ async def _guarded(run: _Run, make: Any, tracker: inference.RequestTracker) -> A
             run.completion_tokens += len(chunk.token_ids)
             yield _event(make(source * run.n + chunk.choice, chunk))
     except Exception as exc:
-        yield _event(error_body(record_stream_error(tracker, exc), "openai"))
+        yield _event(error_body(record_stream_error(call, exc), "openai"))
 
 
 async def _completion_events(
-    model: str, run: _Run, include_usage: bool, tracker: inference.RequestTracker
+    model: str, run: _Run, include_usage: bool, call: Call
 ) -> AsyncIterator[bytes]:
     base = {"id": run.id, "object": "text_completion", "created": run.created, "model": model}
 
@@ -233,7 +225,7 @@ async def _completion_events(
         choice = {"text": chunk.text, "index": index, "logprobs": None, "finish_reason": chunk.finish_reason}
         return {**base, "choices": [choice]} | ({"usage": None} if include_usage else {})
 
-    async for event in _guarded(run, make, tracker):
+    async for event in _guarded(run, make, call):
         yield event
     if include_usage:
         yield _event({**base, "choices": [], "usage": run.usage()})
@@ -241,7 +233,7 @@ async def _completion_events(
 
 
 async def _chat_events(
-    model: str, run: _Run, include_usage: bool, tracker: inference.RequestTracker
+    model: str, run: _Run, include_usage: bool, call: Call
 ) -> AsyncIterator[bytes]:
     base = {"id": run.id, "object": "chat.completion.chunk", "created": run.created, "model": model}
     extra = {"usage": None} if include_usage else {}
@@ -254,7 +246,7 @@ async def _chat_events(
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": chunk.finish_reason}
         return {**base, "choices": [choice], **extra}
 
-    async for event in _guarded(run, make, tracker):
+    async for event in _guarded(run, make, call):
         yield event
     if include_usage:
         yield _event({**base, "choices": [], "usage": run.usage()})

@@ -15,10 +15,11 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from deepserve.service import inference, json_codec
+from deepserve.service import json_codec
+from deepserve.service.call import Call
 from deepserve.service.errors import InvalidRequestError
+from deepserve.service.http_deps import plane_of
 from deepserve.service.http_stream import TrackedStreamingResponse
-from deepserve.service.registry import Registry
 from deepserve.service.streaming import prime
 
 router = APIRouter()
@@ -27,8 +28,7 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 
 @router.get("/ping")
 async def ping(request: Request) -> Response:
-    registry: Registry = request.app.state.registry
-    healthy = registry.ready and not request.app.state.server.draining
+    healthy = plane_of(request).ready()
     body = {"status": "Healthy" if healthy else "Unhealthy"}
     return Response(
         json_codec.dumps(body), status_code=200 if healthy else 500, media_type="application/json"
@@ -81,25 +81,21 @@ def encode_result(result: Any) -> Response:
 @router.api_route("/predictions/{model}/{version}", methods=["POST", "PUT"])
 @router.api_route("/predictions/{model}", methods=["POST", "PUT"])
 async def predictions(request: Request, model: str, version: str | None = None) -> Response:
-    registry: Registry = request.app.state.registry
-    with inference.RequestTracker(registry, model, "torchserve") as tracker:
-        inference.admit(registry, model, version)  # a full queue refuses before the body is parsed
+    with plane_of(request).call(model, version, "torchserve") as call:  # a full queue refuses before the body
         body, content_type = await decode_body(request)
         params: dict[str, Any] = dict(request.query_params)
-        entry = registry.get(model, version)
-        if entry.engine is not None:
-            stream = await prime(_stream(registry, model, body, params))
-            return TrackedStreamingResponse(tracker, stream, media_type="text/plain; charset=utf-8")
-        result = await inference.predict(registry, model, version, body, content_type, params)
+        if call.generates:
+            stream = await prime(_stream(call, body, params))
+            return TrackedStreamingResponse(call, stream, media_type="text/plain; charset=utf-8")
+        result = await call.predict(body, content_type, params)
     return encode_result(result)
 
 
-async def _stream(registry: Registry, model: str, body: Any, params: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _stream(call: Call, body: Any, params: dict[str, Any]) -> AsyncIterator[bytes]:
     from deepserve.service.engine import SamplingParams
 
     prompt, options = _prompt_and_options(body, params)
-    sampling = SamplingParams(**options)
-    async for chunk in inference.generate(registry, model, prompt, sampling):
+    async for chunk in call.generate(prompt, SamplingParams(**options)):
         yield chunk.text.encode()  # may be b"" (a held-back partial character); harmless
 
 

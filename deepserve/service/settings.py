@@ -1,6 +1,6 @@
 """The one settings class of the server (environment prefix ``DEEPSERVE_``).
 
-Built once in ``service.__main__`` and passed into ``create_app(settings)``; request code reads
+Built once in ``service.__main__`` and passed to the ``DataPlane`` and the transports; request code reads
 only this object, never ``os.environ``.
 """
 
@@ -33,11 +33,24 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     grpc_port: int = Field(default=8001, ge=0, le=65535, description="0 disables the gRPC server")
     enable_grpc: bool = True
-    grpc_front: Literal["auto", "native", "aio"] = Field(
-        default="auto",
-        description="native: gRPC framed by nghttp2 inside the event loop's own callbacks (service/native, "
-        "built when libnghttp2-dev is present): no thread between socket and servicer, concurrent calls "
-        "batched together; aio: grpcio's grpc.aio; auto: native when built",
+    # gRPC connections. Keepalive: the server pings an idle connection every keepalive_time_s and drops
+    # it when no answer comes within keepalive_timeout_s, so a client that vanished (node lost, NAT
+    # timeout) frees its streams. Max connection age: grpc clients keep one connection for ever, so
+    # replicas an autoscaler adds get no traffic from existing clients until connections are recycled
+    grpc_keepalive_time_s: float = Field(default=60.0, gt=0, description="ping an idle connection this often")
+    grpc_keepalive_timeout_s: float = Field(default=20.0, gt=0, description="then drop it, unanswered")
+    grpc_max_connection_age_s: float | None = Field(
+        default=None, gt=0, description="GOAWAY to a connection this old (its client reconnects); None: never"
+    )
+    grpc_max_connection_age_grace_s: float = Field(
+        default=30.0, ge=0, description="after that GOAWAY, the time its calls in flight have to finish"
+    )
+
+    # TLS for HTTP and gRPC both; off when neither file is set
+    tls_certfile: Path | None = Field(default=None, description="PEM certificate chain (with tls_keyfile)")
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of tls_certfile")
+    tls_ca_certfile: Path | None = Field(
+        default=None, description="PEM CA bundle: when set, clients must present a certificate it signed"
     )
 
     # batching defaults (a model's own max_batch_size from model.json caps max_batch_size)
@@ -58,6 +71,16 @@ class Settings(BaseSettings):
         default=0.0,
         ge=0,
         description="idle tiny models run on the event loop (0 = never; see batching.py)",
+    )
+    codec_threads: int = Field(
+        default=2, ge=1, description="threads for pre/post-processing that is too slow for the event loop"
+    )
+    codec_inline_us: float = Field(
+        default=150.0,
+        ge=0,
+        description="pre/post-processing that has taken less than this on average runs on the event loop "
+        "(a hand-off to a thread costs more); slower work (image decoding, tokenising) runs in the "
+        "codec threads. 0 = always in the threads",
     )
     request_timeout_s: float = Field(default=30.0, gt=0, description="per-request deadline by default")
     drain_timeout_s: float = Field(default=30.0, ge=0, description="grace period for in-flight work")
@@ -102,18 +125,28 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _tls_files(self) -> Settings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("TLS needs both DEEPSERVE_TLS_CERTFILE and DEEPSERVE_TLS_KEYFILE, or neither")
+        if self.tls_ca_certfile is not None and self.tls_certfile is None:
+            raise ValueError("DEEPSERVE_TLS_CA_CERTFILE (client certificates) needs the cert and key set too")
+        for path in (self.tls_certfile, self.tls_keyfile, self.tls_ca_certfile):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist or is not a file")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certfile is not None
+
     def resolved_device(self) -> str:
         """``auto`` becomes ``cuda`` when torch or ONNX Runtime sees a GPU, else ``cpu``."""
         if self.device != "auto":
             return self.device
-        try:
-            import onnxruntime
+        import onnxruntime  # the `serve` extra's, or the CUDA build from the `gpu` extra
 
-            if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-                return "cuda"
-        except ImportError:  # pragma: no cover - onnxruntime is a dependency
-            pass
-        return "cpu"
+        return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
 
     def override(self, name: str) -> ModelOverride:
         return self.models.get(name) or ModelOverride()

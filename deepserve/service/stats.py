@@ -1,8 +1,8 @@
 """Per-model-version statistics in the shape of Triton's statistics extension.
 
-perf_analyzer reads these (protocols.md 3.2): ``queue`` is counted for every request,
+perf_analyzer reads these: ``queue`` is counted for every request,
 and the three ``compute_*`` counts are bumped once per execution so their deltas match.
-Updated only from the event loop (the batcher's owner task and the inference layer).
+Updated only from the event loop (the batcher's owner task and ``service.call``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Validated by hand instead of with a pydantic model: a 600 KB image as JSON would otherwise
 cost more to validate than to run. Binary tensors follow the JSON header in the order the
-inputs appear in it (protocols.md 1.2).
+inputs appear in it (the binary tensor data extension of Triton's HTTP protocol).
 """
 
 from __future__ import annotations

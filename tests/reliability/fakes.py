@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +23,9 @@ from prometheus_client import CollectorRegistry
 
 from deepserve.handlers.base import Handler, InvalidInputError, Request, TensorRequest, Tensors
 from deepserve.service.app import create_app
+from deepserve.service.dataplane import DataPlane
+from deepserve.service.grpc_server import GrpcServer, create_grpc_server
+from deepserve.service.grpc_service import InferenceServicer
 from deepserve.service.metrics import Metrics
 from deepserve.service.registry import Registry
 from deepserve.service.settings import Settings
@@ -86,22 +88,26 @@ class InProcess:
     client: httpx.AsyncClient
     app: FastAPI
     registry: Registry
+    plane: DataPlane
 
 
 @asynccontextmanager
 async def serve_in_process(store: Path, handlers: list[Handler], **settings: Any) -> AsyncIterator[InProcess]:
-    """create_app(settings, registry with ``handlers``) behind an ASGI transport (no sockets)."""
+    """create_app(DataPlane(settings, registry with ``handlers``)) behind an ASGI transport (no sockets)."""
     options: dict[str, Any] = {"model_store": store, "drain_timeout_s": 5.0, **settings}
     config = Settings(**options)
     registry = Registry(config, Metrics(CollectorRegistry()))
     for handler in handlers:
         await registry.add_handler(handler)
-    app = create_app(config, registry)
-    async with LifespanManager(app) as manager:
+    plane = DataPlane(config, registry)
+    app = create_app(plane)
+    async with plane, LifespanManager(app) as manager:
+        await plane.loaded()
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            for _ in range(200):  # the loader task marks loading done on its first step
-                if registry.loading_done:
-                    break
-                await asyncio.sleep(0.01)
-            yield InProcess(client, app, registry)
+            yield InProcess(client, app, registry, plane)
+
+
+def grpc_server_for(plane: DataPlane) -> GrpcServer:
+    """The gRPC transport over the same data plane, on ``plane.settings.grpc_port`` (not started)."""
+    return create_grpc_server(InferenceServicer(plane), plane.settings, ready=plane.ready)

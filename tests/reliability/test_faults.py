@@ -23,7 +23,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from deepserve.service.app import create_app
-from deepserve.service.registry import Registry
+from deepserve.service.dataplane import DataPlane
 from deepserve.service.settings import Settings
 from tests.reliability.fakes import BAD, BUG, HANG, FaultyHandler, infer_body, serve_in_process
 from tests.reliability.store import IMAGE, TABULAR, sample_rows, spec_of
@@ -145,14 +145,12 @@ def _infer_json(store: Path, model: str) -> dict[str, Any]:
 
 @asynccontextmanager
 async def _serve_store(store: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(model_store=store, threads=1))
-    registry: Registry = app.state.registry
-    async with LifespanManager(app) as manager:
+    plane = DataPlane(Settings(model_store=store, threads=1))
+    app = create_app(plane)
+    async with plane, LifespanManager(app) as manager:
+        await asyncio.wait_for(plane.loaded(), 60)
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            deadline = time.monotonic() + 60
-            while not registry.loading_done and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
             yield client
 
 

@@ -27,10 +27,9 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from deepserve.service.grpc_service import create_grpc_server
 from tests.e2e.conftest import Server, free_port
 from tests.reliability.conftest import BURST_S
-from tests.reliability.fakes import FaultyHandler, serve_in_process
+from tests.reliability.fakes import FaultyHandler, grpc_server_for, serve_in_process
 from tests.reliability.load import Pool, Tally, closed_loop, request_bytes, rss_bytes
 from tests.reliability.payloads import batch_rows, model_request
 from tests.reliability.store import EMBED, IMAGE, TABULAR, has
@@ -197,7 +196,7 @@ async def test_grpc_answers_a_full_queue_with_unavailable(
     slow.delay_s = 0.05
     port = free_port()
     async with serve_in_process(tmp_path, [slow], max_queue_size=2, max_batch_size=1, grpc_port=port) as s:
-        server = create_grpc_server(s.registry, s.app.state.settings, s.app.state.server)
+        server = grpc_server_for(s.plane)
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -17,11 +17,11 @@ from pydantic import ValidationError
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from deepserve.service.grpc_service import create_grpc_server
+from deepserve.service.dataplane import DataPlane
 from deepserve.service.settings import Settings
 from deepserve.training.checkpoint import CheckpointError, load_checkpoint
 from tests.e2e.conftest import free_port
-from tests.reliability.fakes import FaultyHandler, infer_body, serve_in_process
+from tests.reliability.fakes import FaultyHandler, grpc_server_for, infer_body, serve_in_process
 from tests.reliability.store import TABULAR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +61,7 @@ async def test_inference_needs_the_bearer_token_on_http_and_grpc(
         openai = await c.post("/v1/embeddings", json={"model": "sum", "input": "x"})
         torchserve = await c.post("/predictions/sum", json=[[1, 2, 3]])
         probes = [(await c.get(p)).status_code for p in ("/v2/health/live", "/v2/health/ready", "/metrics")]
-        grpc_codes = await _grpc_auth_codes(s.app.state.settings, s.registry, s.app.state.server)
+        grpc_codes = await _grpc_auth_codes(s.plane)
     for answer in (no_token, wrong, basic, openai, torchserve):
         assert answer.status_code == 401, answer.text
         assert "bearer" in answer.text.lower(), "a 401 must say what to send"
@@ -77,8 +77,9 @@ async def test_inference_needs_the_bearer_token_on_http_and_grpc(
     )
 
 
-async def _grpc_auth_codes(settings: Settings, registry: Any, state: Any) -> dict[str, grpc.StatusCode]:
-    server = create_grpc_server(registry, settings, state)
+async def _grpc_auth_codes(plane: DataPlane) -> dict[str, grpc.StatusCode]:
+    settings = plane.settings
+    server = grpc_server_for(plane)
     await server.start()
     codes = {}
     try:
@@ -159,7 +160,7 @@ async def test_management_needs_its_own_token_and_loads_only_store_names(
 async def test_hostile_names_are_refused_over_grpc_too(rel_store: Path, tmp_path: Path) -> None:
     options = {"enable_management": True, "management_token": ADMIN, "grpc_port": free_port()}
     async with serve_in_process(tmp_path, [FaultyHandler("sum")], **options) as s:
-        server = create_grpc_server(s.registry, s.app.state.settings, s.app.state.server)
+        server = grpc_server_for(s.plane)
         await server.start()
         codes = {}
         try:

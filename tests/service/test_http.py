@@ -1,4 +1,4 @@
-"""HTTP transports in-process: create_app(test settings, fake registry) + ASGI transport."""
+"""HTTP transport in-process: create_app(DataPlane(test settings, fake registry)) + ASGI transport."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from deepserve.service import json_codec
 from deepserve.service.app import create_app
+from deepserve.service.dataplane import DataPlane
 from deepserve.service.metrics import Metrics
 from deepserve.service.registry import Registry
 from deepserve.service.settings import Settings
@@ -31,6 +32,7 @@ class Served:
     client: httpx.AsyncClient
     app: FastAPI
     sum: SumHandler
+    plane: DataPlane
 
 
 async def _serve(tmp_path: Path, **overrides: object) -> AsyncIterator[Served]:
@@ -46,15 +48,13 @@ async def _serve(tmp_path: Path, **overrides: object) -> AsyncIterator[Served]:
     await registry.add_handler(summer)
     await registry.add_handler(EmbedHandler())
     await registry.add_handler(make_generation_handler(), engine=FakeEngine())
-    app = create_app(settings, registry)
-    async with LifespanManager(app) as manager:
+    plane = DataPlane(settings, registry)
+    app = create_app(plane)
+    async with plane, LifespanManager(app) as manager:
+        await plane.loaded()
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            for _ in range(100):  # the loader task marks loading done on its first step
-                if registry.loading_done:
-                    break
-                await asyncio.sleep(0.01)
-            yield Served(client, app, summer)
+            yield Served(client, app, summer, plane)
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -243,13 +243,13 @@ async def test_deadline_is_504(served: Served) -> None:
 
 
 async def test_draining_server_refuses_with_503(served: Served) -> None:
-    served.app.state.server.draining = True
+    served.plane.state.draining = True
     r = await served.client.post("/v2/models/sum/infer", json=_sum_request([[1, 1, 1]]))
     assert r.status_code == 503 and "retry" in r.json()["error"] and r.headers["retry-after"] == "1"
     assert (await served.client.get("/v2/health/ready")).status_code == 503
     assert (await served.client.get("/v2/health/live")).status_code == 200
     assert (await served.client.get("/ping")).status_code == 500
-    served.app.state.server.draining = False
+    served.plane.state.draining = False
 
 
 async def test_bearer_token_protects_inference_not_health(tmp_path: Path) -> None:
@@ -375,8 +375,8 @@ async def test_generation_errors_arrive_before_the_stream(served: Served) -> Non
 async def test_a_stream_counts_as_one_request_until_its_last_byte(served: Served) -> None:
     """The autoscaler reads the in-flight gauge, and the error alert the status codes: a stream
     is in flight while it streams, and an error in its middle counts with its own status."""
-    metrics = served.app.state.registry.metrics.registry
-    engine = served.app.state.registry.get("gen").engine
+    metrics = served.plane.metrics.registry
+    engine = served.plane.registry.get("gen").engine
 
     def sample(name: str, **labels: str) -> float | None:
         return metrics.get_sample_value(name, {"model": "gen", **labels})  # type: ignore[no-any-return]
@@ -416,9 +416,7 @@ def test_a_disconnect_reported_by_the_asgi_server_is_499_not_a_server_error() ->
 
 async def test_a_client_that_leaves_mid_stream_counts_as_499(served: Served) -> None:
     from deepserve.service.http_stream import TrackedStreamingResponse
-    from deepserve.service.inference import RequestTracker
-
-    registry = served.app.state.registry
+    plane = served.plane
     started = asyncio.Event()
 
     async def tokens() -> AsyncIterator[bytes]:
@@ -434,11 +432,11 @@ async def test_a_client_that_leaves_mid_stream_counts_as_499(served: Served) -> 
     async def send(message: dict[str, Any]) -> None:
         pass
 
-    with RequestTracker(registry, "gen", "openai") as tracker:
-        response = TrackedStreamingResponse(tracker, tokens(), media_type="text/event-stream")
+    with plane.call("gen", None, "openai") as call:
+        response = TrackedStreamingResponse(call, tokens(), media_type="text/event-stream")
     scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "POST", "path": "/v1/completions"}
     await asyncio.wait_for(response(scope, receive, send), 5)
-    metrics = registry.metrics.registry
+    metrics = plane.metrics.registry
     labels = {"model": "gen", "protocol": "openai", "code": "499"}
     assert metrics.get_sample_value("deepserve_requests_total", labels) == 1.0
     assert metrics.get_sample_value("deepserve_inflight_requests", {"model": "gen"}) == 0.0

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from deepserve.handlers.base import Tensors
 from deepserve.service.app import create_app
+from deepserve.service.dataplane import DataPlane
 from deepserve.service.metrics import Metrics
 from deepserve.service.registry import Registry
 from deepserve.service.settings import Settings
@@ -49,15 +50,16 @@ async def port(tmp_path: Path) -> AsyncIterator[int]:
     settings = Settings(model_store=tmp_path, http_port=_free_port())
     registry = Registry(settings, Metrics(CollectorRegistry()))
     await registry.add_handler(BuggyHandler(make_spec("buggy")))
-    app = create_app(settings, registry)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.http_port, log_level="warning")
+    plane = DataPlane(settings, registry)
+    config = uvicorn.Config(create_app(plane), host="127.0.0.1", port=settings.http_port, log_level="warning")
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield settings.http_port
-    server.should_exit = True
-    await task
+    async with plane:
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        yield settings.http_port
+        server.should_exit = True
+        await task
 
 
 Answer = tuple[int, dict[str, str], object]

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from deepserve.service.app import create_app
+from deepserve.service.dataplane import DataPlane
 from deepserve.service.errors import InvalidRequestError
 from deepserve.service.metrics import Metrics
 from deepserve.service.registry import Registry, check_model_name
@@ -52,9 +53,10 @@ def fake_loader(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 @pytest_asyncio.fixture(loop_scope="function")
 async def client(tmp_path: Path, fake_loader: list[Path]) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(model_store=_write_store(tmp_path), enable_management=True, management_token="m4nage")
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        await app.state.loader
+    plane = DataPlane(settings)
+    app = create_app(plane)
+    async with plane, LifespanManager(app) as manager:
+        await plane.loaded()
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             yield http

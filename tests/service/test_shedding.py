@@ -23,13 +23,13 @@ from tritonclient.grpc import service_pb2 as pb
 
 from deepserve.handlers.base import Request, Tensors
 from deepserve.service.app import create_app
-from deepserve.service.grpc_service import create_grpc_server
+from deepserve.service.dataplane import DataPlane
+from deepserve.service.grpc_server import create_grpc_server
+from deepserve.service.grpc_service import InferenceServicer
 from deepserve.service.metrics import Metrics
 from deepserve.service.registry import Registry
 from deepserve.service.settings import Settings
-from deepserve.service.state import ServerState
 from tests.service.fakes import EmbedHandler, SumHandler, make_spec
-from tests.service.test_grpc import front_params
 
 QUEUE = 2
 Full = tuple[httpx.AsyncClient, str, "SpySum"]
@@ -51,20 +51,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest_asyncio.fixture(loop_scope="function", params=front_params())
-async def full(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Full]:
+@pytest_asyncio.fixture(loop_scope="function")
+async def full(tmp_path: Path) -> AsyncIterator[Full]:
     """A server whose 'sum' model is stuck on one batch with its queue full behind it."""
-    settings = Settings(model_store=tmp_path, grpc_port=_free_port(), grpc_front=request.param,
-                        max_queue_size=QUEUE, max_batch_size=1)  # fmt: skip
+    settings = Settings(model_store=tmp_path, grpc_port=_free_port(), max_queue_size=QUEUE, max_batch_size=1)
     registry = Registry(settings, Metrics(CollectorRegistry()))
     spy = SpySum()
     await registry.add_handler(spy)
     await registry.add_handler(EmbedHandler())
-    app = create_app(settings, registry)
-    grpc_server = create_grpc_server(registry, settings, ServerState())
+    plane = DataPlane(settings, registry)
+    app = create_app(plane)
+    grpc_server = create_grpc_server(InferenceServicer(plane), settings, ready=plane.ready)
     await grpc_server.start()
     spy.release.clear()
-    async with LifespanManager(app) as manager:
+    async with plane, LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             row = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}

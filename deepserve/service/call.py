@@ -1,0 +1,227 @@
+"""One request to one model, from admission to its last byte: ``DataPlane.call`` makes it.
+
+Entering it looks the model up (once), admits the request to the model's queue (a full queue
+refuses here, before the transport reads or decodes the body) and starts the accounting:
+``requests_total{code}``, the duration histogram, the in-flight gauge the autoscaler reads and
+Triton's success/fail statistics. Leaving it counts the request with the status of the error
+that left it, if any.
+
+A streamed answer outlives the transport's ``with`` block: the transport calls ``keep_open``
+and the stream calls ``finish`` after its last byte, so the gauge, the duration and the code
+cover the whole stream.
+
+The operations (``infer``, ``predict``, ``embed``, ``generate``) run the handler's four verbs
+around the model's batcher or generation engine; ``preprocess`` and ``postprocess`` go through
+the codec stage, which keeps the slow ones off the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deepserve.handlers.base import Handler, PayloadRequest, TensorRequest
+from deepserve.service.errors import InvalidRequestError, ModelNotReadyError, as_deepserve_error
+from deepserve.service.v2_codec import InferRequest, InferResult
+
+if TYPE_CHECKING:
+    from deepserve.service.batching import DynamicBatcher
+    from deepserve.service.codec_stage import CodecStage
+    from deepserve.service.engine import GenerationChunk, GenerationEngine, SamplingParams
+    from deepserve.service.registry import ModelEntry, Registry
+
+UNKNOWN_MODEL = "_unknown"  # one label for every name the server does not hold: no unbounded series
+MAX_TIMEOUT_S = 600.0
+
+
+class Call:
+    __slots__ = ("_inflight", "_open", "_registry", "_stage", "_start", "_version", "code", "entry",
+                 "model", "protocol")  # fmt: skip
+
+    def __init__(
+        self, registry: Registry, stage: CodecStage, model: str, version: str | None, protocol: str
+    ) -> None:
+        self._registry, self._stage = registry, stage
+        self.model, self._version, self.protocol = model, version, protocol
+        self._open = False
+        self.code = "200"
+
+    # -- accounting ------------------------------------------------------------------------------
+    def __enter__(self) -> Call:
+        self._start = time.perf_counter_ns()
+        known = self._registry.stats_for(self.model) is not None
+        self._inflight = self._registry.metrics.inflight_child(self.model if known else UNKNOWN_MODEL)
+        self._inflight.inc()
+        try:
+            self.entry: ModelEntry = self._registry.get(self.model, self._version)
+            if self.entry.batcher is not None:
+                self.entry.batcher.admit()
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is not None:
+            self.code = str(as_deepserve_error(exc).status)
+            self._open = False
+        elif self._open:
+            return  # the stream finishes it
+        self._count()
+
+    def keep_open(self) -> None:
+        """The answer is a stream: the request ends at ``finish``, not when the transport's block does."""
+        self._open = True
+
+    def finish(self) -> None:
+        if self._open:
+            self._open = False
+            self._count()
+
+    def _count(self) -> None:
+        elapsed = time.perf_counter_ns() - self._start
+        self._inflight.dec()
+        stats = self._registry.stats_for(self.model)
+        label = self.model if stats is not None else UNKNOWN_MODEL
+        counter, histogram = self._registry.metrics.request_children(label, self.protocol, self.code)
+        counter.inc()
+        histogram.observe(elapsed / 1e9)
+        if stats is not None:
+            stats.durations["success" if self.code == "200" else "fail"].add(elapsed)
+
+    # -- operations ------------------------------------------------------------------------------
+    @property
+    def version(self) -> str:
+        return str(self.entry.version)
+
+    @property
+    def handler(self) -> Handler:
+        handler = self.entry.handler
+        assert handler is not None  # a ready entry has one
+        return handler
+
+    @property
+    def _batcher(self) -> DynamicBatcher:
+        batcher = self.entry.batcher
+        assert batcher is not None
+        return batcher
+
+    async def infer(self, request: InferRequest, deadline_s: float | None = None) -> InferResult:
+        """KServe v2. ``deadline_s``: the transport's own deadline (gRPC's), which caps the timeout."""
+        handler, batcher = self.handler, self._batcher
+        tensors = TensorRequest(request.tensors, request.outputs, request.parameters)
+        timeout = _timeout(request.parameters, batcher.default_timeout)
+        if deadline_s is not None:
+            timeout = min(timeout, deadline_s)
+        kind = "bytes" if any(a.dtype == object for a in request.tensors.values()) else "tensor"
+        t0 = time.perf_counter_ns()
+        item = await self._stage.run(self._cost("pre", kind), handler.preprocess, tensors)
+        t1 = time.perf_counter_ns()
+        outputs = await batcher.submit(item, timeout=timeout)
+        t2 = time.perf_counter_ns()
+        served = await self._stage.run(self._cost("post", kind), handler.postprocess, outputs, tensors)
+        if not isinstance(served, dict):  # a handler whose postprocess answers in JSON only
+            served = _select_outputs(self.model, handler, outputs, request.outputs)
+        self.entry.stats.add_io_time(t1 - t0, time.perf_counter_ns() - t2)
+        return InferResult(self.model, self.version, served, request.id)
+
+    async def predict(self, body: Any, content_type: str | None, parameters: dict[str, Any]) -> Any:
+        """TorchServe-style: a decoded body through preprocess -> batch -> postprocess."""
+        request = PayloadRequest(body, content_type, parameters)
+        outputs, _ = await self._payload(request, "payload")
+        post = self._cost("post", "payload")
+        return await self._stage.run(post, self.handler.postprocess, outputs, request)
+
+    async def embed(self, inputs: list[Any]) -> tuple[np.ndarray, int]:
+        """OpenAI-style embeddings: (N, D) float32 vectors and the prompt-token count."""
+        handler = self.handler
+        if handler.spec.task != "embedding":
+            raise InvalidRequestError(f"model {self.model!r} is not an embedding model (its task: "
+                                      f"{handler.spec.task})")  # fmt: skip
+        request = PayloadRequest(inputs, "application/json", {})
+        outputs, item = await self._payload(request, "texts")
+        answer = await self._stage.run(self._cost("post", "texts"), handler.postprocess, outputs, request)
+        vectors = _vectors(answer, outputs)
+        if vectors.shape[0] != len(inputs):
+            raise as_deepserve_error(
+                RuntimeError(f"{self.model}: {len(inputs)} inputs gave {vectors.shape[0]} vectors")
+            )
+        mask = item.get("attention_mask")
+        return vectors, int(mask.sum()) if mask is not None else 0
+
+    async def _payload(self, request: PayloadRequest, kind: str) -> tuple[dict[str, np.ndarray], Any]:
+        item = await self._stage.run(self._cost("pre", kind), self.handler.preprocess, request)
+        return await self._batcher.submit(item), item
+
+    def _cost(self, step: str, kind: str) -> Any:
+        return self._stage.cost(self.model, step, kind)
+
+    # -- generation ------------------------------------------------------------------------------
+    @property
+    def engine(self) -> GenerationEngine:
+        handler = self.entry.handler
+        if handler is not None and handler.spec.task != "text-generation":
+            raise InvalidRequestError(f"model {self.model!r} cannot generate text (its task: "
+                                      f"{handler.spec.task})")  # fmt: skip
+        engine = self.entry.engine
+        if engine is None:
+            raise ModelNotReadyError(f"model {self.model!r} has no generation engine running; see the "
+                                     "server log")  # fmt: skip
+        return engine  # type: ignore[no-any-return]
+
+    @property
+    def generates(self) -> bool:
+        """True for a model whose answers are generated token by token (and streamed)."""
+        return self.entry.engine is not None
+
+    def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        """Chunks from the model's continuous-batching engine."""
+        return self.engine.generate(prompt, params)
+
+    def count_tokens(self, prompt: str) -> int:
+        return int(self.engine.count_tokens(prompt))
+
+    def decode_tokens(self, ids: list[int]) -> str:
+        """A prompt sent as token ids, in the model's own tokenizer."""
+        self.engine  # noqa: B018 - the same refusals as generate for a model that cannot generate
+        decode = getattr(self.handler, "decode", None)
+        if decode is None:
+            raise InvalidRequestError(f"model {self.model!r} takes text prompts only")
+        return str(decode(ids))
+
+
+def _timeout(parameters: dict[str, Any], default: float) -> float:
+    """Triton's reserved ``timeout`` parameter is in microseconds."""
+    value = parameters.get("timeout")
+    if value is None:
+        return default
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise InvalidRequestError(
+            f"parameter 'timeout' must be a positive number of microseconds, got {value!r}"
+        )
+    return min(float(value) / 1e6, MAX_TIMEOUT_S)
+
+
+def _select_outputs(
+    name: str, handler: Handler, outputs: dict[str, np.ndarray], wanted: list[str] | None
+) -> dict[str, np.ndarray]:
+    order = [t.name for t in handler.outputs if t.name in outputs] or list(outputs)
+    if wanted is None:
+        return {n: outputs[n] for n in order}
+    unknown = [w for w in wanted if w not in outputs]
+    if unknown:
+        raise InvalidRequestError(f"model {name!r} has no output {unknown[0]!r}; outputs: {', '.join(order)}")
+    return {n: outputs[n] for n in wanted}
+
+
+def _vectors(result: Any, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    if isinstance(result, dict):
+        result = result.get("embeddings", result.get("data", next(iter(outputs.values()))))
+    array = np.asarray(result, dtype=np.float32)
+    return array.reshape(1, -1) if array.ndim == 1 else array

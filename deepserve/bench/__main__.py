@@ -3,9 +3,15 @@
     deepserve bench digits-cnn --store model_store --protocol both --format binary --concurrency 1,8,32
     deepserve bench tabular-mlp --url http://127.0.0.1:8000 --rate 200,400 --duration 20
     deepserve bench minilm --store model_store --slo-p99-ms 250
-    deepserve bench --make-models /tmp/bench_store          # the issue-4 ResNet-18 and MLP bench models
+    deepserve bench --make-models /tmp/bench_store          # the classifiers suite's bench models
 
 Writes results.csv, results.json, throughput.png and latency.png into --out and prints a table.
+
+``deepserve bench --suite NAME [options]`` runs a named suite instead and writes its page under
+bench/results/NAME/ (``deepserve bench --suite NAME --help`` for its options):
+  classifiers  seeded ResNet-18-shaped CNN and tiny MLP vs a naive server, in-process, perf_analyzer
+  defaults     the default models of a store
+  generation   the generation engine's concurrent streams vs the same requests one at a time
 """
 
 from __future__ import annotations
@@ -76,12 +82,19 @@ def _baseline_args(p: argparse.ArgumentParser) -> None:
     a("--compare", choices=["torchserve"], help="run the same sweep against TorchServe")
     a("--perf-analyzer", action="store_true", help="run perf_analyzer with the same settings")
     a("--out", type=Path, help="output folder (default bench/out/MODEL-TIMESTAMP)")
-    a("--make-models", type=Path, metavar="STORE", help="create the issue-4 bench models, then exit")
+    a("--make-models", type=Path, metavar="STORE", help="create the classifiers suite's models, then exit")
+
+
+def _suite_arg(p: argparse.ArgumentParser) -> None:
+    from deepserve.bench.suites import SUITES
+
+    p.add_argument("--suite", choices=list(SUITES), help="run a named suite (its options follow it)")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="deepserve bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    _suite_arg(p)
     _target_args(p)
     _load_args(p)
     _baseline_args(p)
@@ -105,7 +118,15 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(prog="deepserve bench", add_help=False, allow_abbrev=False)
+    _suite_arg(pre)
+    known, rest = pre.parse_known_args(argv)
+    if known.suite:
+        from deepserve.bench.suites import run_suite
+
+        return run_suite(known.suite, rest)
+    args = parse_args(argv)
     if args.make_models:
         from deepserve.bench.models import make_bench_models
 

@@ -38,18 +38,7 @@ def open_runner(
 ) -> tuple[Runner, str]:
     """(run(feeds) -> outputs, description), the way the server opens the same version."""
     assert info.version_dir is not None
-    try:
-        from deepserve.handlers.runtime import open_runtime, select_variant
-    except ImportError:  # the handlers package is not there: run model.onnx directly
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        sess = ort.InferenceSession(
-            str(info.version_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
-        )
-        return (lambda feeds: sess.run(None, feeds)), f"onnxruntime {ort.__version__} model.onnx (direct)"
+    from deepserve.handlers.runtime import open_runtime, select_variant
     from deepserve.store import ModelSpec
 
     spec = ModelSpec.read(info.version_dir)

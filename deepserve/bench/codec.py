@@ -1,8 +1,9 @@
 """Request bytes, encoded once before a run so the load generator only writes them.
 
-KServe v2 infer bodies in JSON or with the binary tensor extension (protocols.md 1.2: JSON header,
-then the raw tensors in header order, ``Inference-Header-Content-Length``), the complete HTTP/1.1
-request around them, and serialized gRPC ``ModelInferRequest`` messages (raw_input_contents,
+KServe v2 infer bodies in JSON or with the binary tensor extension (JSON header, then the raw
+tensors in header order, ``Inference-Header-Content-Length``: github.com/triton-inference-server/
+server, docs/protocol/extension_binary_data.md), the complete HTTP/1.1 request around them, and
+serialized gRPC ``ModelInferRequest`` messages (raw_input_contents,
 as tritonclient and perf_analyzer send them).
 """
 

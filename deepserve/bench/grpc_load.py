@@ -1,13 +1,11 @@
-"""gRPC load: ModelInfer calls with requests serialized once, answers never parsed.
+"""gRPC load: ModelInfer calls over grpc.aio, requests serialized once, answers never parsed.
 
-Two clients with one interface (``run_closed`` / ``run_open`` -> ``Recorder``):
-- ``NativeGrpcLoad`` (bench/native/grpc_load.cc, built with the server's native gRPC front): C++
-  sends and receives, Python only collects (start, end, code) every 20 ms. Like the HTTP
-  generator it costs a few microseconds a call, so the server, not the client, sets the figure.
-- ``AioGrpcLoad`` (grpc.aio, when the native one is not built): 90-270 us of Python per call, as
-  much as the server under test on a 2-core machine; its figures understate gRPC.
+``AioGrpcLoad.run_closed`` / ``run_open`` -> ``Recorder``, the interface the HTTP generator has.
 Closed loop: ``concurrency`` calls in flight on one HTTP/2 channel; open loop: Poisson arrivals,
-latency counted from the scheduled time.
+latency counted from the scheduled time. Each call costs 90-270 us of Python in the client, as
+much as the server under test on a 2-core machine, so these figures understate gRPC; the bench's
+gRPC-vs-HTTP verdict comes from perf_analyzer (``--perf-analyzer``), one client binary driving
+both protocols.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import asyncio
 import itertools
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -29,57 +26,6 @@ _OPTIONS = [("grpc.max_receive_message_length", 2**31 - 1), ("grpc.max_send_mess
 
 def _identity(b: bytes) -> bytes:
     return b
-
-
-def make_grpc_load(target: str, requests: Sequence[bytes], *, timeout_s: float = 60.0) -> Any:
-    """The native client when it is built, else grpc.aio's."""
-    try:
-        from deepserve.bench import _grpc_load  # noqa: F401
-    except ImportError:
-        return AioGrpcLoad(target, requests, timeout_s=timeout_s)
-    return NativeGrpcLoad(target, requests, timeout_s=timeout_s)
-
-
-class NativeGrpcLoad:
-    client = "native"
-
-    def __init__(self, target: str, requests: Sequence[bytes], *, timeout_s: float = 60.0) -> None:
-        if not requests:
-            raise ValueError("need at least one request to send")
-        self.target, self.requests, self.timeout_s = target, list(requests), timeout_s
-        self.rec = Recorder(0.0)
-
-    async def run_closed(self, concurrency: int, rule: StopRule) -> Recorder:
-        return await self._run(rule, lambda load: load.start_closed(concurrency))
-
-    async def run_open(self, rate: float, rule: StopRule, seed: int = 0) -> Recorder:
-        return await self._run(rule, lambda load: load.start_open(rate, seed))
-
-    async def _run(self, rule: StopRule, start: Any) -> Recorder:
-        import grpc
-
-        from deepserve.bench import _grpc_load
-
-        names = {code.value[0]: code.name for code in grpc.StatusCode}
-        self.rec = Recorder(rule.measure_from)
-        load = _grpc_load.Load(self.target, _METHOD, self.requests, self.timeout_s)
-
-        def collect() -> None:
-            for begin, end, code in load.drain():
-                self.rec.add(begin, end, names.get(code, str(code)))
-
-        start(load)
-        try:
-            while not rule.done(self.rec):
-                await asyncio.sleep(0.02)
-                collect()
-        finally:
-            await asyncio.to_thread(load.stop)  # calls in flight finish, as with the aio client
-            collect()
-        self.rec.first_ok = bytes(load.first_ok()[:2048])
-        for code, message in load.errors().items():
-            self.rec.first_error[names.get(code, str(code))] = message[:300]
-        return self.rec
 
 
 class AioGrpcLoad:

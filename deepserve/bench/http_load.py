@@ -49,7 +49,7 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # protocols.md: Nagle note
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Nagle + delayed ACK: ~40 ms
         self.transport = transport  # type: ignore[assignment]  # uvloop's transport is not a subclass
 
     def send(self, data: bytes, t0: float) -> None:

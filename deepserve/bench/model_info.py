@@ -1,8 +1,9 @@
 """Find out what to send: the model's model.json in a store, or the server's metadata.
 
-model.json (export.schema.ModelSpec) is preferred: it names the task, the tokenizer and the graph
+model.json (deepserve.store.ModelSpec) is preferred: it names the task, the tokenizer and the graph
 files the in-process ceiling runs. Without a store the served metadata (GET /v2/models/{m}) gives
-the input signature, and the task is inferred from the input names (TEAM.md graph I/O).
+the input signature, and the task is inferred from the input names (model_store/README.md, graph
+conventions).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The naive baseline: a plain FastAPI endpoint, one request -> one ONNX Runtime run, no batching.
 
 It speaks the same KServe v2 infer route (JSON and binary tensors) as deepserve, so the bench sends
-the very same request bytes to both. This is what most teams write first; issue 4 asks deepserve
-to beat it. Run: ``python -m deepserve.bench.naive_server --version-dir STORE/m/1 --name m --port 8100``.
+the very same request bytes to both. This is what most teams write first; the classifiers suite
+asks deepserve to beat it. Run:
+``python -m deepserve.bench.naive_server --version-dir STORE/m/1 --name m --port 8100``.
 """
 
 from __future__ import annotations

@@ -1,19 +1,37 @@
-"""Results pages: run `deepserve bench` commands and turn their results.json into markdown sections."""
+"""Results pages: run `deepserve bench` commands and turn their results into markdown sections.
+
+A suite keeps two folders apart: each run's raw output (results.json / .csv, server and naive
+logs, perf_analyzer files) goes under ``--raw`` (default ``bench/out/<suite>``, not in git); the
+published page under ``--out`` (default ``bench/results/<suite>``) holds only REPORT.md, the plots
+of each run and ``summary.json``, the compact figures the page was written from.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
 from deepserve.bench import report
 from deepserve.bench.sweep import LevelResult
 
+PLOTS = ("throughput.png", "latency.png")
+_DOC_KEYS = ("model", "started", "machine", "server", "task", "ceiling", "perf_analyzer")
 
-def run_bench(argv: list[str]) -> dict[str, Any]:
-    """Run one `deepserve bench` command; returns its results.json (plus the argv under "argv")."""
+
+def compact(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a page reads of a run's results.json: no per-window figures, no error bodies, no logs."""
+    kept = {k: doc[k] for k in (*_DOC_KEYS, "argv", "plots") if k in doc}
+    kept["results"] = [{k: v for k, v in r.items() if k not in ("windows", "error_samples")}
+                       for r in doc["results"]]  # fmt: skip
+    return kept
+
+
+def run_bench(argv: list[str], plots: Path) -> dict[str, Any]:
+    """Run one `deepserve bench` command, copy its plots to ``plots``; returns its compact results."""
     from deepserve.bench.__main__ import main
 
     out = Path(argv[argv.index("--out") + 1])
@@ -21,8 +39,21 @@ def run_bench(argv: list[str]) -> dict[str, Any]:
     if main(argv) != 0:
         raise SystemExit(f"deepserve bench {shlex.join(argv)} failed")
     doc: dict[str, Any] = json.loads((out / "results.json").read_text())
-    doc["argv"] = argv
-    return doc
+    plots.mkdir(parents=True, exist_ok=True)
+    for name in PLOTS:
+        if (out / name).is_file():
+            shutil.copyfile(out / name, plots / name)
+    return compact({**doc, "argv": argv, "plots": str(plots)})
+
+
+def write_summary(docs: dict[str, dict[str, Any]], page_dir: Path) -> None:
+    """``summary.json``: the compact results of every run on the page, by title."""
+    (page_dir / "summary.json").write_text(json.dumps(docs, indent=1) + "\n")
+
+
+def read_summary(page_dir: Path) -> dict[str, dict[str, Any]]:
+    path = page_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def results_of(doc: dict[str, Any]) -> list[LevelResult]:
@@ -38,7 +69,6 @@ def pick(doc: dict[str, Any], target: str, level: float) -> LevelResult | None:
 
 def section(title: str, doc: dict[str, Any], page_dir: Path) -> str:
     """One run: its command, ceiling, notes, table and plots (linked relative to ``page_dir``)."""
-    out = Path(doc["argv"][doc["argv"].index("--out") + 1])
     lines = [f"### {title}", "", f"`deepserve bench {shlex.join(doc['argv'])}`", ""]
     c = doc.get("ceiling")
     if c:
@@ -51,6 +81,6 @@ def section(title: str, doc: dict[str, Any], page_dir: Path) -> str:
     m = doc.get("machine", {})
     lines += [f"Load average at start / end: {m.get('loadavg')} / {m.get('loadavg_end')}.", ""]
     lines += [report.markdown_table(results_of(doc)), ""]
-    rel = os.path.relpath(out, page_dir)
+    rel = Path(os.path.relpath(doc["plots"], page_dir)).as_posix()
     lines += [f"![throughput]({rel}/throughput.png) ![latency]({rel}/latency.png)", ""]
     return "\n".join(lines)

@@ -1,9 +1,10 @@
 """Triton's perf_analyzer with the same settings, so its numbers can sit beside ours.
 
-Found on PATH, at $DEEPSERVE_PERF_ANALYZER, or in a ``.pa-venv`` (tritonclient 2.41/2.51 in its own
-venv, ops-tooling.md; its binary needs libcudart from the venv's nvidia/cuda_runtime/lib even for
-HTTP). Same model, protocol, tensor format, concurrency levels, window length and the same input
-rows (written as perf_analyzer --input-data JSON). Skips with a clear note when absent.
+Found on PATH, at $DEEPSERVE_PERF_ANALYZER, or in a ``.pa-venv`` (the binary bundled in the
+tritonclient 2.41/2.51 wheels, in a venv of its own: tools/install_perf_analyzer.sh; it needs
+libcudart from the venv's nvidia/cuda_runtime/lib even for HTTP). Same model, protocol, tensor
+format, concurrency levels, window length and the same input rows (written as perf_analyzer
+--input-data JSON). Skips with a clear note when absent.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from deepserve.bench.inputs import ModelInfo, make_samples
 from deepserve.bench.sweep import RunConfig
 
-_CANDIDATES = (".pa-venv/bin/perf_analyzer", "/opt/perf_analyzer/bin/perf_analyzer")  # see bench/tools
+_CANDIDATES = (".pa-venv/bin/perf_analyzer", "/opt/perf_analyzer/bin/perf_analyzer")  # tools/install_*.sh
 
 
 @dataclass
@@ -163,7 +164,7 @@ def run_perf_analyzer(
     if binary is None:
         return PerfAnalyzerReport(
             False,
-            message="not found (bash bench/tools/install_perf_analyzer.sh, or set "
+            message="not found (bash deepserve/bench/tools/install_perf_analyzer.sh, or set "
             "DEEPSERVE_PERF_ANALYZER); skipped",
         )
     if info.is_generation or not info.inputs:

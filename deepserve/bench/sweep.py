@@ -78,7 +78,8 @@ class LevelResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LevelResult:
         nan = float("nan")
-        d = {**d, "latency": {k: nan if v is None else v for k, v in d["latency"].items()}}
+        d = {"windows": [], "error_samples": {}, **d}  # a page's compact copy keeps neither
+        d["latency"] = {k: nan if v is None else v for k, v in d["latency"].items()}
         return cls(**d)
 
 
@@ -88,10 +89,10 @@ def _loader(target: Target) -> Any:
 
         return HttpLoad(target.host, target.port, target.requests)
     if target.kind == "grpc":
-        from deepserve.bench.grpc_load import make_grpc_load
+        from deepserve.bench.grpc_load import AioGrpcLoad
 
         assert target.grpc_target, "a gRPC target needs grpc_target host:port"
-        return make_grpc_load(target.grpc_target, target.requests)
+        return AioGrpcLoad(target.grpc_target, target.requests)
     if target.kind == "sse":
         from deepserve.bench.sse_load import SseLoad
 

@@ -35,7 +35,7 @@ def test_json_body_round_trips() -> None:
 
 def test_bytes_tensor_encoding_matches_the_extension() -> None:
     encoded = codec.tensor_bytes(np.array([b"ab", b"xyz"], dtype=object))
-    assert encoded == bytes.fromhex("0200000061620300000078797a")  # protocols.md 1.2
+    assert encoded == bytes.fromhex("0200000061620300000078797a")  # the extension's own example
 
 
 def test_http_request_carries_the_binary_header() -> None:

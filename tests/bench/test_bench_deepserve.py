@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,13 +9,7 @@ import pytest
 
 from deepserve.bench.__main__ import main
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        importlib.util.find_spec("deepserve.service.__main__") is None,
-        reason="service/__main__.py (deepserve serve) is not written yet",
-    ),
-]
+pytestmark = pytest.mark.e2e
 
 
 def test_quick_sweep_against_deepserve_serve(tiny_store: Path, tmp_path: Path) -> None:

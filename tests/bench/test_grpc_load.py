@@ -1,29 +1,16 @@
-"""Both gRPC load clients against the stand-in server: what they record must be what happened."""
+"""The grpc.aio load client against the stand-in server: what it records must be what happened."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from deepserve.bench import codec, launcher
-from deepserve.bench.grpc_load import AioGrpcLoad, NativeGrpcLoad, make_grpc_load
+from deepserve.bench.grpc_load import AioGrpcLoad
 from deepserve.bench.samples import StopRule
-
-
-def _native_built() -> bool:
-    try:
-        from deepserve.bench import _grpc_load  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-NOT_BUILT = pytest.mark.skipif(not _native_built(), reason="native client not built")
-CLIENTS = [pytest.param(NativeGrpcLoad, marks=NOT_BUILT), AioGrpcLoad]
 
 
 def _requests(model: str = "tiny") -> list[bytes]:
@@ -37,9 +24,8 @@ def _rule(seconds: float, max_measured: int = 10**9) -> StopRule:
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
-@pytest.mark.parametrize("client", CLIENTS)
-async def test_closed_loop_records_every_answer(standin: launcher.Server, client: Any, concurrency: int):
-    load = client(str(standin.grpc_target), _requests())
+async def test_closed_loop_records_every_answer(standin: launcher.Server, concurrency: int) -> None:
+    load = AioGrpcLoad(str(standin.grpc_target), _requests())
     rec = await load.run_closed(concurrency, _rule(0.5))
     assert len(rec.statuses) > 20 and set(rec.statuses) == {"OK"}
     latencies = [e - s for s, e in zip(rec.starts, rec.ends, strict=True)]
@@ -48,21 +34,15 @@ async def test_closed_loop_records_every_answer(standin: launcher.Server, client
     assert answer.model_name == "tiny" and answer.outputs[0].name == "logits"
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-async def test_errors_are_recorded_with_their_message(standin: launcher.Server, client: Any) -> None:
-    load = client(str(standin.grpc_target), _requests("no-such-model"))
+async def test_errors_are_recorded_with_their_message(standin: launcher.Server) -> None:
+    load = AioGrpcLoad(str(standin.grpc_target), _requests("no-such-model"))
     rec = await load.run_closed(2, _rule(0.3))
     assert rec.statuses and set(rec.statuses) == {"NOT_FOUND"}
     assert "unknown model" in rec.first_error["NOT_FOUND"]
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-async def test_open_loop_offers_the_rate(standin: launcher.Server, client: Any) -> None:
-    load = client(str(standin.grpc_target), _requests())
+async def test_open_loop_offers_the_rate(standin: launcher.Server) -> None:
+    load = AioGrpcLoad(str(standin.grpc_target), _requests())
     rec = await load.run_open(300.0, _rule(1.0))
     assert len(rec.statuses) == pytest.approx(300, rel=0.3)
 
-
-def test_the_native_client_is_picked_when_built(standin: launcher.Server) -> None:
-    load = make_grpc_load(str(standin.grpc_target), _requests())
-    assert load.client == ("native" if _native_built() else "grpc.aio")

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Install Triton's perf_analyzer for `deepserve bench --perf-analyzer` and `python -m deepserve.bench.issue4`.
+# Install Triton's perf_analyzer for `deepserve bench --perf-analyzer` and `deepserve bench --suite classifiers`.
 #
-#   usage (as root for the apt step): bash bench/tools/install_perf_analyzer.sh [VENV]   default .pa-venv
+#   usage (as root for the apt step): bash deepserve/bench/tools/install_perf_analyzer.sh [VENV]   default .pa-venv
 #
-# Why this way (protocols.md, section 0): the PyPI perf-analyzer wheels need glibc 2.38 and pip on
-# Debian 12 quietly installs a placeholder instead; tritonclient 2.51's manylinux1 wheel bundles a
+# Why this way: the PyPI perf-analyzer wheels need glibc 2.38 and pip on Debian 12 (glibc 2.36)
+# quietly installs a 0.1.0 placeholder instead; tritonclient 2.51's manylinux1 wheel bundles a
 # perf_analyzer binary that runs here. It pins protobuf < 5, so it gets its own venv, and it needs
-# libb64 (Debian) and libcudart (pip), the latter even for HTTP. bench/perf_analyzer.py finds
-# .pa-venv/bin/perf_analyzer and puts the libcudart folder on LD_LIBRARY_PATH itself.
+# libb64 (Debian) and libcudart (pip), the latter even for HTTP. deepserve/bench/perf_analyzer.py
+# finds .pa-venv/bin/perf_analyzer and puts the libcudart folder on LD_LIBRARY_PATH itself.
 set -euo pipefail
 VENV=${1:-.pa-venv}
 PY=${PYTHON:-python3.11}

@@ -87,7 +87,7 @@ def main() -> None:
         args.grpc = f"{host}:{int(port) + 1}"
     binary = find_binary()
     if binary is None:
-        sys.exit("perf_analyzer not found: bash bench/tools/install_perf_analyzer.sh")
+        sys.exit("perf_analyzer not found: bash deepserve/bench/tools/install_perf_analyzer.sh")
     for _ in range(args.rounds):
         for protocol in args.protocols.split(","):
             measure(args, binary, protocol)

@@ -1,7 +1,7 @@
-"""Generation engine benchmark: 16 concurrent streams vs the same 16 requests one after another.
+"""The generation suite: 16 concurrent streams vs the same 16 requests one after another.
 
-    python -m deepserve.bench.generation                        # docs-gpt's default size, random weights
-    python -m deepserve.bench.generation --version-dir model_store/docs-gpt/1 --out gen.json
+    deepserve bench --suite generation                      # docs-gpt's default size, random weights
+    deepserve bench --suite generation --version-dir model_store/docs-gpt/1 --threads 1 --no-spinning
 
 In one run, on one loaded model (ONNX Runtime):
 - sequential: the 16 requests one after another through the plain per-request loop
@@ -10,8 +10,8 @@ In one run, on one loaded model (ONNX Runtime):
 - engine: the 16 requests as concurrent streams through ``GenerationEngine`` (continuous batching);
 - TTFT: single requests through the engine, one at a time (time from ``generate`` to the first chunk).
 Every request generates exactly ``--max-tokens`` tokens (seeded sampling, no stop), so the work is equal.
-Prints a table and writes JSON (``--out``). Speeds depend on the machine's other load: compare rows of
-one run, not runs.
+Prints a table and writes REPORT.md and summary.json in --out. Speeds depend on the machine's other
+load: compare rows of one run, not runs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import argparse
 import asyncio
 import itertools
 import json
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
 
+from deepserve.bench.inputs import prompts
 from deepserve.handlers import read_spec
 from deepserve.handlers.generation import TextGenerationHandler
 from deepserve.service.engine import GenerationEngine, SamplingParams
@@ -57,15 +60,6 @@ def random_docs_gpt(root: Path) -> Path:
     write_gpt_version(build_model("gpt", **DOCS_GPT).eval(), version, name="docs-gpt",
                       source="random weights (benchmark)")  # fmt: skip
     return version
-
-
-def prompts(n: int) -> list[str]:
-    try:
-        from deepserve.bench.inputs import prompts as doc_prompts
-
-        return doc_prompts(n)
-    except ImportError:  # the load-test package is optional here
-        return [f"The {i}th statement of the Python language reference says" for i in range(n)]
 
 
 def params_for(i: int, max_tokens: int) -> SamplingParams:
@@ -146,7 +140,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def measure(handler: TextGenerationHandler, args: argparse.Namespace) -> dict[str, Any]:
-    texts = prompts(args.streams)
+    texts = prompts(args.streams)  # the bench's documentation prompts
     engine = GenerationEngine(handler, Metrics(CollectorRegistry()), "docs-gpt", max_running=args.streams)
     await engine.start()
     try:
@@ -171,13 +165,15 @@ async def measure(handler: TextGenerationHandler, args: argparse.Namespace) -> d
     return result
 
 
-def report(result: dict[str, Any], args: argparse.Namespace, model: str) -> None:
-    table = Table(title=f"{model}: {args.streams} requests x {args.max_tokens} tokens (median round)")
-    for col in ("run", "tok/s", "tok/CPU-s", "s", "TTFT p50 ms", "ITL p50 ms", "ITL p99 ms"):
-        table.add_column(col, justify="right")
+COLUMNS = ("run", "tok/s", "tok/CPU-s", "s", "TTFT p50 ms", "ITL p50 ms", "ITL p99 ms")
+
+
+def table_rows(result: dict[str, Any], streams: int) -> list[list[str]]:
+    """The table's rows as cells, for the console and for REPORT.md alike."""
     seq, eng, one, rec = result["sequential"], result["engine"], result["single_client"], result["recompute"]
     rows = [("sequential, KV-cache loop", seq, None), ("sequential, no cache (naive)", rec, None),
-            (f"engine, {args.streams} streams", eng, eng), ("engine, 1 client", None, one)]  # fmt: skip
+            (f"engine, {streams} streams", eng, eng), ("engine, 1 client", None, one)]  # fmt: skip
+    out = []
     for name, rate, lat in rows:
         if rate is None and lat is None:
             continue
@@ -188,21 +184,43 @@ def report(result: dict[str, Any], args: argparse.Namespace, model: str) -> None
         cells += [
             f"{lat[k]:.1f}" if lat and k in lat else "" for k in ("ttft_p50_ms", "itl_p50_ms", "itl_p99_ms")
         ]
-        table.add_row(name, *cells)
-    console = Console(width=120)
-    console.print(table)
+        out.append([name, *cells])
+    return out
+
+
+def findings(result: dict[str, Any], streams: int) -> list[str]:
+    one, eng = result["single_client"], result["engine"]
     lines = [f"engine vs sequential KV-cache loop: {result['ratio_vs_cached_loop']:.2f}x tokens/s (rounds: "
              f"{', '.join(f'{r:.2f}' for r in result['ratios_vs_cached_loop'])}), "
              f"{result['cpu_ratio_vs_cached_loop']:.2f}x tokens per CPU-second"]  # fmt: skip
     if "ratio_vs_recompute_loop" in result:
         lines.append(f"engine vs sequential no-cache loop: {result['ratio_vs_recompute_loop']:.2f}x tokens/s")
-    lines.append(f"TTFT p50, one client: {one['ttft_p50_ms']:.1f} ms; ITL p99 at {args.streams} streams: "
+    lines.append(f"TTFT p50, one client: {one['ttft_p50_ms']:.1f} ms; ITL p99 at {streams} streams: "
                  f"{eng['itl_p99_ms']:.1f} ms")  # fmt: skip
-    console.print("\n".join(lines))
+    return lines
+
+
+def report(result: dict[str, Any], args: argparse.Namespace, model: str, command: str) -> str:
+    """Print the table and findings; returns them as REPORT.md."""
+    title = f"{model}: {args.streams} requests x {args.max_tokens} tokens (median round)"
+    rows, notes = table_rows(result, args.streams), findings(result, args.streams)
+    table = Table(title=title)
+    for col in COLUMNS:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console = Console(width=120)
+    console.print(table)
+    console.print("\n".join(notes))
+    lines = ["## Generation engine", "", f"Command: `{command}`", "", f"{title}.", ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|---" + "|--:" * (len(COLUMNS) - 1) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", *(f"- {n}." for n in notes), ""]
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m deepserve.bench.generation", description=__doc__,
+    p = argparse.ArgumentParser(prog="deepserve bench --suite generation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument(
         "--version-dir", type=Path, help="a text-generation model-store version (default: random docs-gpt)"
@@ -218,7 +236,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-spinning", action="store_true", help="ONNX Runtime threads sleep instead of spinning"
     )
     p.add_argument("--no-recompute", dest="recompute", action="store_false", help="skip the no-cache loop")
-    p.add_argument("--out", type=Path, default=Path("generation_bench.json"))
+    p.add_argument("--out", type=Path, default=Path("bench/results/generation"),
+                   help="folder for REPORT.md and summary.json")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -234,10 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(measure(handler, args))
     result["config"] = {**vars(args), "version_dir": str(version), "runtime": handler.runtime.describe()
                         if handler.runtime else None, "out": str(args.out)}  # fmt: skip
-    report(result, args, f"{handler.spec.name} ({result['config']['runtime']})")
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    command = "deepserve bench --suite generation " + shlex.join(sys.argv[1:] if argv is None else argv)
+    text = report(result, args, f"{handler.spec.name} ({result['config']['runtime']})", command)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "REPORT.md").write_text(text, encoding="utf-8")
+    (args.out / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

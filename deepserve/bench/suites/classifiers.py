@@ -1,14 +1,15 @@
-"""The issue-4 performance check, as one run of `deepserve bench`: ResNet-18 and the tiny MLP.
+"""The classifiers suite: ResNet-18-shaped CNN and tiny MLP bench models, in one run.
 
-    python -m deepserve.bench.issue4 --store /tmp/deepserve-bench-store --out bench/results/issue4
+    deepserve bench --suite classifiers --store /tmp/deepserve-bench-store
 
-1. makes the bench models (bench.models) through the normal export path into --store;
+1. makes the bench models (``deepserve.bench.models``) through the normal export path into --store;
 2. ResNet-18-shaped 3x224x224 classifier: binary tensors over HTTP at 32 clients, beside the
    in-process ONNX Runtime ceiling measured in the same run;
 3. tiny MLP: JSON over HTTP and gRPC at 1, 8 and 32 clients, beside a naive FastAPI endpoint
    serving the same file (same request bytes), then perf_analyzer on both protocols (when
-   bench/tools/install_perf_analyzer.sh installed it): the gRPC-vs-HTTP verdict is its;
-then checks the issue's targets and writes REPORT.md (table, verdicts, exact commands) in --out.
+   deepserve/bench/tools/install_perf_analyzer.sh installed it): the gRPC-vs-HTTP verdict is its;
+then checks the targets and writes REPORT.md (tables, verdicts, exact commands), the plots and
+summary.json in --out; each run's raw results and logs stay in --raw.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepserve.bench.pages import pick, run_bench, section
+from deepserve.bench.pages import pick, run_bench, section, write_summary
 
 
 @dataclass
@@ -77,10 +78,10 @@ def _pa_rows(doc: dict[str, Any]) -> dict[tuple[str, float], dict[str, Any]]:
 def _grpc_verdicts(mlp: dict[str, Any]) -> list[Verdict]:
     """gRPC against HTTP with one client binary for both: perf_analyzer (C++), when installed.
 
-    Our own generators are two different clients (asyncio HTTP, C++ gRPC, or grpc.aio where the
-    native one is not built) sharing the server's 2 cores, so one binary for both protocols is the
-    fairer judge; our figures stay in the table with the client's CPU beside them. 5% is the
-    noise allowance.
+    Our own generators are two different clients (asyncio HTTP, grpc.aio) sharing the server's
+    2 cores, and grpc.aio's Python costs as much per call as the server, so one binary for both
+    protocols is the fairer judge; our figures stay in the table with the client's CPU beside them.
+    5% is the noise allowance.
     """
     out: list[Verdict] = []
     pa = _pa_rows(mlp)
@@ -95,13 +96,13 @@ def _grpc_verdicts(mlp: dict[str, Any]) -> list[Verdict]:
                 ratio >= 0.95,
             ))  # fmt: skip
     for level in (1, 32):
-        g, h = pick(mlp, "deepserve grpc", level), pick(mlp, "deepserve http/json", level)
-        if g is not None and h is not None and not out:  # no perf_analyzer: ours is all there is
+        ours_g, ours_h = pick(mlp, "deepserve grpc", level), pick(mlp, "deepserve http/json", level)
+        if ours_g is not None and ours_h is not None and not out:  # no perf_analyzer: ours is all there is
             out.append(
                 Verdict(
                     f"MLP @{level}: gRPC no slower than HTTP (our generators; install perf_analyzer)",
-                    f"gRPC {g.rps:,.0f} vs HTTP {h.rps:,.0f} req/s",
-                    g.rps >= 0.95 * h.rps,
+                    f"gRPC {ours_g.rps:,.0f} vs HTTP {ours_h.rps:,.0f} req/s",
+                    ours_g.rps >= 0.95 * ours_h.rps,
                 )
             )
     return out
@@ -125,63 +126,42 @@ def _pa_table(doc: dict[str, Any]) -> str:
 
 
 def render(resnet: dict[str, Any], mlp: dict[str, Any], command: str, page_dir: Path) -> str:
-    lines = ["## Issue 4 performance (bench models)", "", f"One run: `{command}`", ""]
+    lines = ["## Classifiers (bench models)", "", f"One run: `{command}`", ""]
     lines += [section("ResNet-18-shaped classifier, 3x224x224, binary tensors", resnet, page_dir)]
     lines += [section("Tiny MLP 64-512-256-10, JSON", mlp, page_dir)]
     lines += [_pa_table(mlp)]
-    lines += ["### Issue-4 targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += ["### Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {v.target} | {v.measured} | {'yes' if v.ok else 'NO'} |" for v in _verdicts(resnet, mlp)]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="deepserve bench --suite classifiers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--store", type=Path, default=Path("/tmp/deepserve-bench-store"))
-    p.add_argument("--out", type=Path, default=Path("bench/results/issue4"))
+    p.add_argument("--out", type=Path, default=Path("bench/results/classifiers"), help="the page")
+    p.add_argument("--raw", type=Path, default=Path("bench/out/classifiers"), help="raw results, logs")
     p.add_argument("--duration", default="15")
     p.add_argument("--warmup", default="3")
     args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     from deepserve.bench.models import make_bench_models
 
     print(f"bench models: {make_bench_models(args.store)}", flush=True)
     common = ["--store", str(args.store), "--duration", args.duration, "--warmup", args.warmup]
     resnet = run_bench(
-        [
-            "bench-resnet18",
-            *common,
-            "--format",
-            "binary",
-            "--concurrency",
-            "32",
-            "--ceiling-batches",
-            "1,8,16,32",
-            "--naive",
-            "--out",
-            str(args.out / "resnet18"),
-        ]
-    )
+        ["bench-resnet18", *common, "--format", "binary", "--concurrency", "32",
+         "--ceiling-batches", "1,8,16,32", "--naive", "--out", str(args.raw / "resnet18")],
+        args.out / "resnet18",
+    )  # fmt: skip
     mlp = run_bench(
-        [
-            "bench-mlp",
-            *common,
-            "--format",
-            "json",
-            "--protocol",
-            "both",
-            "--concurrency",
-            "1,8,32",
-            "--naive",
-            "--perf-analyzer",
-            "--out",
-            str(args.out / "mlp"),
-        ]
-    )
-    command = "python -m deepserve.bench.issue4 " + shlex.join(sys.argv[1:] if argv is None else argv)
+        ["bench-mlp", *common, "--format", "json", "--protocol", "both", "--concurrency", "1,8,32",
+         "--naive", "--perf-analyzer", "--out", str(args.raw / "mlp")],
+        args.out / "mlp",
+    )  # fmt: skip
+    command = "deepserve bench --suite classifiers " + shlex.join(sys.argv[1:] if argv is None else argv)
     text = render(resnet, mlp, command, args.out)
     (args.out / "REPORT.md").write_text(text)
+    write_summary({"resnet18": resnet, "mlp": mlp}, args.out)
     print(text)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

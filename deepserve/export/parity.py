@@ -18,7 +18,7 @@ from torch import nn
 Arrays = dict[str, np.ndarray]
 Runner = Callable[[Arrays], Arrays]
 
-# Tolerances (export-feasibility.md §4 and the issue): fp32 float noise; fp16 per the issue;
+# Tolerances: fp32 float noise; fp16 1e-2 (fp16 exports of the zoo measured 1e-4 - 1.3e-3);
 # bf16 measured 3-8e-3 on the zoo; int8 judged by direction/decision, not by value.
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"rel": 1e-4},

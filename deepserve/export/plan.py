@@ -1,7 +1,8 @@
 """What to export for a checkpoint: one ``GraphPlan`` per store model (a VAE gives two).
 
-A plan holds the serving module, its TEAM.md signature, example inputs and dynamic dims for the
-exporters, two held-out batches for parity, and the model.json fields that depend on the task.
+A plan holds the serving module, its signature (model_store/README.md, graph conventions),
+example inputs and dynamic dims for the exporters, two held-out batches for parity, and the
+model.json fields that depend on the task.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Checkpoint -> graph plans, one function per serving shape of TEAM.md."""
+"""Checkpoint -> graph plans, one function per serving shape (model_store/README.md's graph I/O)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import onnx
 import torch
 from torch import nn
 
-from deepserve.export.onnx_graph import check_onnx
+from deepserve.export.onnx_graph import check_onnx, require_onnxruntime
 
 
 class CastIO(nn.Module):
@@ -37,6 +37,7 @@ class CastIO(nn.Module):
 
 def write_fp16_onnx(src: Path, dst: Path) -> Path:
     """onnxruntime's own converter (onnxconverter-common 1.16 breaks on ``mask.to(x.dtype)``)."""
+    require_onnxruntime()
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
@@ -77,6 +78,7 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
 
 def write_int8_onnx(src: Path, dst: Path) -> Path:
     """Dynamic int8 with per-channel weights (per-tensor costs MiniLM cosine 0.92 vs 0.99)."""
+    require_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()

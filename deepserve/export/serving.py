@@ -1,4 +1,4 @@
-"""Serving modules: a zoo model wrapped with the graph I/O of TEAM.md and its input arithmetic baked in.
+"""Serving modules: a zoo model wrapped with model_store/README.md's graph I/O, input arithmetic inside.
 
 What a client sends over KServe v2 is what a handler decodes from a PNG or a row: pixels in
 [0, 1], features in raw units, byte token ids. The wrappers here apply the training-time

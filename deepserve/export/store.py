@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import json
 import sys
 import time
@@ -163,6 +164,22 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+# what training + export import; a serving install (`deepserve[serve]`) has only onnxruntime of them
+BUILD_MODULES = {"torch": "torch", "sklearn": "scikit-learn", "onnx": "onnx", "onnxscript": "onnxscript",
+                 "rich": "rich", "onnxruntime": "onnxruntime"}  # fmt: skip
+
+
+def require_build_tools() -> None:
+    """Fail at once, naming the install command, when training / export packages are missing."""
+    missing = [pkg for module, pkg in BUILD_MODULES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ExportError(
+            f"building the model store trains and exports with {', '.join(missing)}, not installed here: "
+            "pip install torch==2.13.0 'deepserve[serve,train,export,minilm]' (a serving-only install runs "
+            "`deepserve serve` on a store built elsewhere)"
+        )
+
+
 def build_store(
     store: Path,
     *,
@@ -177,6 +194,7 @@ def build_store(
     ``full``: train without the recipes' time budgets (slower; see the module doc).
     ``threads``: torch threads while building (default: see ``torch_threads``).
     """
+    require_build_tools()
     from rich.console import Console
 
     store = Path(store)

@@ -1,6 +1,6 @@
 """Text generation over the explicit-KV-cache GPT graph: byte tokenizer, one cached step, sampling.
 
-The graph (TEAM.md) is one call for prefill and decode::
+The graph (model_store/README.md, graph conventions) is one call for prefill and decode::
 
     step(input_ids (B, T), position_ids (B, T), attention_mask (B, P+T),
          past_key, past_value (L, B, H, P, Dh))

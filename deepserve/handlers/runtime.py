@@ -9,7 +9,9 @@ Selection rules (``select_variant``):
 - precision: the override if given, else fp16 then fp32 on CUDA, fp32 on CPU (fp16 gives no CPU
   speed-up, export-feasibility section 4); int8 / bf16 only on request;
 - format: the override if given, else ONNX first, then torch.export (.pt2), then TorchScript (.pt);
-  on CUDA, ONNX only when ONNX Runtime offers a GPU execution provider.
+  on CUDA, ONNX only when ONNX Runtime offers a GPU execution provider;
+- only formats whose backend is installed: a serving install (``deepserve[serve]`` / ``[gpu]``) has
+  ONNX Runtime and no torch, so a model with only torch files fails with the command that fixes it.
 
 The eager fallback (``open_eager``) is not a variant: it rebuilds the model from the checkpoint
 recorded in model.json ``source`` and is used on request (``runtime="eager"``) or when no
@@ -18,6 +20,7 @@ variant file can be used.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -29,8 +32,11 @@ from deepserve.handlers.base import ModelLoadError
 from deepserve.store import ModelSpec, Precision, Variant
 
 RuntimeName = Literal["onnx", "torchscript", "pt2", "eager"]
-_FORMAT_ORDER: tuple[Literal["onnx", "torchscript", "pt2"], ...] = ("onnx", "pt2", "torchscript")
+Format = Literal["onnx", "torchscript", "pt2"]
+_FORMAT_ORDER: tuple[Format, ...] = ("onnx", "pt2", "torchscript")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+TORCH_HINT = "install torch: pip install 'deepserve[train]'"
+ORT_HINT = "install ONNX Runtime: pip install 'deepserve[serve]' (CPU) or 'deepserve[gpu]' (CUDA), not both"
 
 
 class Runtime(ABC):
@@ -58,6 +64,15 @@ def is_cuda(device: str) -> bool:
     return device == "cuda" or device.startswith("cuda:")
 
 
+def torch_available() -> bool:
+    """Whether torch is installed (without importing it: a serving process never loads it for ONNX)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def ort_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def ort_gpu_available() -> bool:
     try:
         import onnxruntime as ort
@@ -82,7 +97,7 @@ def _precisions(device: str, precision: str | None) -> list[Precision]:
     return ["fp16", "fp32"] if is_cuda(device) else ["fp32"]
 
 
-def _formats(device: str, runtime: str | None) -> list[Literal["onnx", "torchscript", "pt2"]]:
+def _formats(device: str, runtime: str | None) -> list[Format]:
     if runtime is not None:
         chosen = [f for f in _FORMAT_ORDER if f == runtime]
         if not chosen:
@@ -91,6 +106,37 @@ def _formats(device: str, runtime: str | None) -> list[Literal["onnx", "torchscr
     if is_cuda(device) and not ort_gpu_available():
         return ["pt2", "torchscript"]  # this ONNX Runtime cannot use the GPU: torch files only
     return list(_FORMAT_ORDER)
+
+
+def _installed(fmt: str) -> bool:
+    return ort_available() if fmt == "onnx" else torch_available()
+
+
+def _pick(candidates: list[Variant], precisions: list[Precision], formats: list[Format]) -> Variant | None:
+    for prec in precisions:
+        for fmt in formats:
+            found = next((v for v in candidates if v.format == fmt and v.precision == prec), None)
+            if found is not None:
+                return found
+    return None
+
+
+def missing_backend(spec: ModelSpec, variant: Variant, *, onnx_elsewhere: bool = False) -> str:
+    """Why ``variant`` cannot run in this install and what to install (empty when it can).
+
+    ``onnx_elsewhere``: the model has ONNX files too, but not for this device / override.
+    """
+    if _installed(variant.format):
+        return ""
+    model = f"model {spec.name} v{spec.version}"
+    if variant.format == "onnx":
+        return f"{model} needs ONNX Runtime for {variant.file}; {ORT_HINT}"
+    if onnx_elsewhere:
+        return (
+            f"{model} needs torch for {variant.file} here ({TORCH_HINT}); its ONNX variants need "
+            "runtime='onnx', or on a GPU an onnxruntime with a CUDA provider ('deepserve[gpu]')"
+        )
+    return f"{model} has only TorchScript/torch.export variants; {TORCH_HINT}"
 
 
 def select_variant(
@@ -106,11 +152,14 @@ def select_variant(
     ``version_dir``, when given, also drops variants whose file is missing.
     """
     candidates = _candidates(spec, version_dir)
-    for prec in _precisions(device, precision):
-        for fmt in _formats(device, runtime):
-            found = next((v for v in candidates if v.format == fmt and v.precision == prec), None)
-            if found is not None:
-                return found
+    precisions, formats = _precisions(device, precision), _formats(device, runtime)
+    found = _pick(candidates, precisions, [f for f in formats if _installed(f)])
+    if found is not None:
+        return found
+    needs = _pick(candidates, precisions, formats)  # what would serve, were its backend installed
+    if needs is not None:
+        onnx_elsewhere = any(v.format == "onnx" for v in candidates)
+        raise ModelLoadError(missing_backend(spec, needs, onnx_elsewhere=onnx_elsewhere))
     listing = "; ".join(
         f"{v.file} ({v.format}/{v.precision}, {'usable' if v.usable else 'unusable: ' + str(v.reason)})"
         for v in spec.variants
@@ -133,6 +182,8 @@ def open_runtime(
     path = version_dir / variant.file
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing; re-export the model or pick another variant")
+    if not _installed(variant.format):
+        raise ModelLoadError(missing_backend(ModelSpec.read(version_dir), variant))
     if variant.format == "onnx":
         from deepserve.handlers.ort_runtime import OrtRuntime
 
@@ -156,6 +207,10 @@ def open_eager(
     version_dir: Path, *, device: str = "cpu", precision: str | None = None, threads: int | None = None
 ) -> Runtime:
     """Rebuild the model from the checkpoint named in model.json ``source`` (no exported file needed)."""
+    if not torch_available():
+        spec = ModelSpec.read(version_dir)
+        raise ModelLoadError(f"model {spec.name} v{spec.version}: the eager runtime rebuilds it with torch; "
+                             f"{TORCH_HINT}")  # fmt: skip
     if is_cuda(device):
         _require_cuda(device)
     from deepserve.handlers.torch_runtime import load_eager_runtime

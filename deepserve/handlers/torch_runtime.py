@@ -170,7 +170,7 @@ def load_eager_runtime(
 
 
 def serving_module(path: Path, spec: ModelSpec) -> torch.nn.Module:
-    """The module export traces for ``spec`` (graph I/O of TEAM.md, input arithmetic baked in).
+    """The module export traces for ``spec`` (model_store/README.md's graph I/O, input arithmetic inside).
 
     Export plans one graph per store model (a VAE checkpoint plans two); the one whose input and
     output names match model.json is the module this version's files were made from.

@@ -8,7 +8,7 @@ as extra string keys. Values are bytes, str or (for JSON content types) decoded 
 
 The model directory (``context.system_properties["model_dir"]``, the unpacked archive) holds
 model.json and the graph files exactly as in a model-store version. deepserve must be
-installed in TorchServe's Python (``pip install deepserve[cpu]``).
+installed in TorchServe's Python (``pip install 'deepserve[serve]'``; torch is TorchServe's own).
 
 A request whose input is invalid gets its own 400 answer (``context.set_response_status``)
 without failing the rest of the batch; if the batch itself fails, items are retried one by one.

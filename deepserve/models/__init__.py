@@ -4,7 +4,7 @@ A builder is a function taking keyword config and returning an ``nn.Module``. Bu
 registered once at import time; a second registration under the same name raises, so two
 modules can never silently shadow each other (torchvision's ``register_model``).
 
-    >>> from models import build_model, list_models
+    >>> from deepserve.models import build_model, list_models
     >>> net = build_model("resnet", num_classes=10, in_channels=1, image_size=8)
 
 Models import only torch: no I/O, no device choice, no logging.
@@ -42,11 +42,7 @@ def register_model(name: str | None = None) -> Callable[[ModelBuilder], ModelBui
 
 def _load_zoo() -> None:
     for module in _ZOO_MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{module}":  # a real import error inside the module
-                raise
+        importlib.import_module(f"{__name__}.{module}")
 
 
 def build_model(name: str, **config: Any) -> nn.Module:

@@ -18,9 +18,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny trainings (minutes), for a first look")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     settings = settings_from(args)
+    from deepserve.export.errors import ExportError
     from deepserve.export.store import build_store  # training code is imported only when building
 
-    build_store(settings.model_store, quick=args.quick)
+    try:
+        build_store(settings.model_store, quick=args.quick)
+    except ExportError as exc:  # e.g. a serving-only install: it says what to install
+        print(f"deepserve up: {exc}", file=sys.stderr)
+        return 1
     return run(settings)
 
 

@@ -7,8 +7,8 @@ loading uses ``torch.load(..., weights_only=True)``, which refuses arbitrary Pyt
 ``meta`` keys written by the trainer:
     task             "classification" | "regression" | "embedding" | "text-generation" | "image-generation"
     labels           class names (classification)
-    preprocessing    a dict shaped like one of the export.schema *Preprocessing models
-    generation       a dict shaped like export.schema.GenerationDefaults (generative models)
+    preprocessing    a dict shaped like one of the deepserve.store *Preprocessing models
+    generation       a dict shaped like deepserve.store.GenerationDefaults (generative models)
     metrics          final test / validation metrics
     data_fingerprint "sha256:<hex>" of the training data
     recipe           built-in recipe name or "custom"

@@ -1,6 +1,6 @@
 """Data-parallel training under ``torchrun``: process group, sampler, DDP wrapper, rank-0 writes.
 
-``torchrun --nproc_per_node 2 -m training.train digits-cnn --quick`` sets RANK / WORLD_SIZE /
+``torchrun --nproc_per_node 2 -m deepserve.training.train digits-cnn --quick`` sets RANK / WORLD_SIZE /
 MASTER_ADDR; without them everything here degrades to a single process. CPU uses gloo, CUDA nccl.
 """
 

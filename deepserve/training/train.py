@@ -5,7 +5,7 @@
     deepserve train csv data.csv --label price [--task regression]
     deepserve train images photos/            (one sub-folder per class)
     deepserve train text notes.txt            (byte-level GPT)
-    torchrun --nproc_per_node 2 -m training.train digits-cnn --quick     (DDP, gloo on CPU)
+    torchrun --nproc_per_node 2 -m deepserve.training.train digits-cnn --quick     (DDP, gloo on CPU)
 
 Bad input (missing label column, empty folder, not UTF-8, ...) exits with code 2 and one line
 saying what is wrong; never a traceback.

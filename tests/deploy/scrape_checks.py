@@ -67,7 +67,7 @@ def check_adapter_queries(prom: PrometheusProcess, expected: dict[str, float]) -
         result = prom.query(query)
         assert len(result) == 1, (
             f"{query} -> {result}: the HPA scales on {rule['name']['as']}, so the server must set it "
-            "(service/metrics.py gauge, per model) once models are loaded"
+            "(deepserve/service/metrics.py gauge, per model) once models are loaded"
         )
         name = rule["name"]["as"]
         if name in expected:

@@ -14,7 +14,7 @@ from tests.deploy.tooling import require_tool, run_tool
 pytestmark = pytest.mark.tools
 
 GPU = "nvidia.com/gpu"
-# the server's DEEPSERVE_DRAIN_TIMEOUT_S default (TEAM.md); the ConfigMap may override it
+# the server's DEEPSERVE_DRAIN_TIMEOUT_S default (Settings.drain_timeout_s); the ConfigMap may override it
 DEFAULT_DRAIN_S = 30.0
 
 

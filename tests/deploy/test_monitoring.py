@@ -106,7 +106,7 @@ def test_dashboard_covers_the_issue_panels() -> None:
 
 
 def test_dashboard_and_rules_read_only_declared_metrics() -> None:
-    """No typo'd metric names: everything queried is declared by service/metrics.py (TEAM.md names)."""
+    """No typo'd metric names: everything queried is declared by deepserve/service/metrics.py."""
     metrics_mod = importlib.import_module("deepserve.service.metrics")
     from prometheus_client import CollectorRegistry
 

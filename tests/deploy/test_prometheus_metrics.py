@@ -1,4 +1,4 @@
-"""A real Prometheus scraping the server's own `Metrics` (service/metrics.py) filled with traffic of
+"""A real Prometheus scraping the server's own `Metrics` (deepserve/service/metrics.py) filled with traffic of
 every kind (errors, 429s, slow requests, generation, GPU): every dashboard query answers, every
 recording rule records, and exactly the alerts that should go pending do.
 

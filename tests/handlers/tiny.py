@@ -1,7 +1,7 @@
-"""Tiny models with the graph I/O of TEAM.md, written as model-store versions by the tests.
+"""Tiny models with the graph I/O of model_store/README.md, written as model-store versions by the tests.
 
 Each builder writes the requested files (ONNX via the dynamo exporter, TorchScript, torch.export)
-and a model.json made with export.schema, so the handlers meet the same layout the exporter
+and a model.json made with deepserve.store, so the handlers meet the same layout the exporter
 makes, in seconds.
 """
 

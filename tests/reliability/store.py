@@ -2,7 +2,7 @@
 
 Preferred: the real default models (``quick_store`` fixture when the suite defines one, or a store
 named by ``DEEPSERVE_RELIABILITY_STORE``). Fallback, made here in seconds: tiny models with the
-default store NAMES and graph I/O of TEAM.md, so every test addresses ``tabular-mlp``,
+default store NAMES and graph I/O (model_store/README.md), so every test addresses ``tabular-mlp``,
 ``digits-cnn`` and ``docs-gpt`` the same way whichever store it gets.
 """
 

@@ -88,7 +88,7 @@ def cases(store: Path) -> dict[str, Case]:
         "binary size does not fit the shape": Case(
             tab, 400, "bytes", **_binary([("features", "FP32", [2, w], _features(1, w))])
         ),
-        # integers are cast losslessly to FP32 (handlers/tensors.py), or refused: either is clear
+        # integers are cast losslessly to FP32 (deepserve/handlers/tensors.py), or refused: either is clear
         "wrong dtype (INT64 for FP32)": Case(
             tab, (200, 400), "features", **_binary([("features", "INT64", [1, w], ints)])
         ),

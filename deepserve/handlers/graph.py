@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from deepserve.handlers import runtime as runtimes
 from deepserve.handlers.base import (
     BatchSizeMismatchError,
     Handler,
@@ -24,7 +25,7 @@ from deepserve.handlers.base import (
 )
 from deepserve.handlers.batch import concat_items, split_rows
 from deepserve.handlers.codec import InputCodec, codec_for
-from deepserve.handlers.runtime import Runtime, open_eager, open_runtime, select_variant, torch_available
+from deepserve.handlers.runtime import Runtime, open_eager, open_runtime, select_variant
 from deepserve.store import ModelSpec, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class GraphHandler(Handler):
         """No variant can serve: rebuild from the source checkpoint, unless an override asked otherwise."""
         if not self.spec.source or self.runtime_name is not None or self.precision is not None:
             raise exc
-        if not torch_available():  # eager needs torch too: the variant's message says what to install
+        if not runtimes.torch_available():  # eager needs torch too: the variant's message says what to install
             raise exc
         log.warning("%s; falling back to eager from the source checkpoint", exc)
         try:

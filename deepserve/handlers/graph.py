@@ -108,7 +108,7 @@ class GraphHandler(Handler):
         """No variant can serve: rebuild from the source checkpoint, unless an override asked otherwise."""
         if not self.spec.source or self.runtime_name is not None or self.precision is not None:
             raise exc
-        if not runtimes.torch_available():  # eager needs torch too: the variant's message says what to install
+        if not runtimes.torch_available():  # eager needs torch too: the variant says what to install
             raise exc
         log.warning("%s; falling back to eager from the source checkpoint", exc)
         try:

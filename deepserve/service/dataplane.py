@@ -130,20 +130,27 @@ class DataPlane:
         """Inference needs a bearer token (a transport may skip reading credentials otherwise)."""
         return self._token is not None
 
-    @contextlib.contextmanager
-    def guard(self, credentials: Credentials, *, management: bool = False) -> Iterator[None]:
+    def admit(self, credentials: Credentials, *, management: bool = False) -> None:
         """Admission to the server: not while draining, and with the bearer token when one is set
-        (``management`` requests carry the management token instead, checked by load / unload);
-        the request counts as in flight until the block ends."""
+        (``management`` requests carry the management token instead, checked by load / unload).
+        An admitted request counts as in flight until ``release``."""
         if self.state.draining:
             raise ShuttingDownError("server is shutting down; retry on another replica")
         if self._token is not None and not management and not _matches(credentials, self._token):
             raise UnauthorizedError("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
         self.state.enter()
+
+    def release(self) -> None:
+        self.state.leave()
+
+    @contextlib.contextmanager
+    def guard(self, credentials: Credentials, *, management: bool = False) -> Iterator[None]:
+        """``admit`` ... ``release`` around a block."""
+        self.admit(credentials, management=management)
         try:
             yield
         finally:
-            self.state.leave()
+            self.release()
 
     def call(self, model: str, version: str | None, protocol: str) -> Call:
         """One request to ``model``: use as ``with plane.call(...) as call: await call.infer(...)``."""

@@ -43,9 +43,8 @@ class GuardMiddleware:
                 auth = value
             elif key == b"content-length":
                 length = value
-        guard = self.plane.guard(auth, management=_is_management(path))
         try:
-            guard.__enter__()
+            self.plane.admit(auth, management=_is_management(path))
         except Exception as exc:
             await error_response(exc, path)(scope, receive, send)
             return
@@ -57,7 +56,7 @@ class GuardMiddleware:
                 return
             await self.app(scope, self._limited(receive), send)
         finally:
-            guard.__exit__(None, None, None)
+            self.plane.release()
 
     def _limited(self, receive: Receive) -> Receive:
         """Counts a chunked body as it arrives, so a body without Content-Length is capped too."""

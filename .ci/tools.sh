@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the external tools that tests/deploy checks the deployment files with
-# (ops-tooling.md lists what works offline here and why each one is needed).
+# (each tool says below what it checks; a tool that cannot be installed offline makes its tests skip).
 #
 #   usage (as root): bash .ci/tools.sh [PROJECT_VENV]      default: $VIRTUAL_ENV, else ./.venv
 #

@@ -180,12 +180,14 @@ class Call:
         """True for a model whose answers are generated token by token (and streamed)."""
         return self.entry.engine is not None
 
-    def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        """Chunks from the model's continuous-batching engine."""
-        return self.engine.generate(prompt, params)
+    async def tokenize(self, prompt: str) -> list[int]:
+        """The prompt's token ids, through the codec stage (a long prompt takes milliseconds)."""
+        engine = self.engine
+        return await self._stage.run(self._cost("tokenize", "text"), engine.encode, prompt)
 
-    def count_tokens(self, prompt: str) -> int:
-        return int(self.engine.count_tokens(prompt))
+    def generate(self, prompt: str | list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        """Chunks from the model's continuous-batching engine; ``prompt`` as text or ``tokenize``'s ids."""
+        return self.engine.generate(prompt, params)
 
     def decode_tokens(self, ids: list[int]) -> str:
         """A prompt sent as token ids, in the model's own tokenizer."""

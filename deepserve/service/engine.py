@@ -183,8 +183,13 @@ class GenerationEngine:
     def waiting(self) -> int:
         return self._waiting_count
 
+    def encode(self, prompt: str) -> list[int]:
+        """The prompt in the model's tokens: callers tokenize once (off the event loop when that
+        is slow) and pass the ids to ``generate``."""
+        return self.handler.encode(prompt)
+
     def count_tokens(self, prompt: str) -> int:
-        return len(self.handler.encode(prompt))
+        return len(self.encode(prompt))
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -215,8 +220,11 @@ class GenerationEngine:
             self._courier = None
 
     # -- the public call -------------------------------------------------------------------------
-    async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        """Chunks of all ``params.n`` choices as they are made; raises before the first one on errors."""
+    async def generate(
+        self, prompt: str | list[int], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        """Chunks of all ``params.n`` choices as they are made; raises before the first one on errors.
+        ``prompt``: text, or its token ids from ``encode``."""
         request = self._submit(prompt, params)
         left = params.n
         try:
@@ -231,14 +239,14 @@ class GenerationEngine:
             if left:  # the consumer went away (disconnect / cancel): free the slot at the next step
                 self._cancel(request)
 
-    def _submit(self, prompt: str, params: SamplingParams) -> _Request:
+    def _submit(self, prompt: str | list[int], params: SamplingParams) -> _Request:
         if not self._accepting:
             cls = ModelNotReadyError if self._thread is None and not self._stopping else ShuttingDownError
             raise cls(f"model {self.model!r} is not accepting requests (engine not running); retry")
         params.check()
         if params.n > self.max_running:
             raise InvalidRequestError(f"n={params.n} exceeds this model's max_running ({self.max_running})")
-        ids = self.handler.encode(prompt)
+        ids = self.handler.encode(prompt) if isinstance(prompt, str) else list(prompt)
         try:
             self.handler.check_prompt(ids)
         except InvalidInputError as exc:

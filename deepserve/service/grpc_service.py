@@ -139,7 +139,7 @@ async def _generate(call: Call, decoded: InferRequest) -> AsyncIterator[pb.Model
     params = SamplingParams(
         **{k: cast(decoded.parameters[k]) for k, cast in _SAMPLING_KEYS.items() if k in decoded.parameters}
     )
-    async for chunk in call.generate(prompt, params):
+    async for chunk in call.generate(await call.tokenize(prompt), params):
         final = chunk.finish_reason is not None
         output = np.array([chunk.text.encode()], dtype=object)
         result = InferResult(call.model, call.version, {"text_output": output}, decoded.id)

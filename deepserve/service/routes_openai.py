@@ -178,8 +178,9 @@ class _Run:
 
 
 async def _start(call: Call, prompts: list[str], params: Any, prefix: str) -> _Run:
-    tokens = sum(call.count_tokens(p) for p in prompts)
-    sources = [await prime(call.generate(p, params)) for p in prompts]
+    prompt_ids = [await call.tokenize(p) for p in prompts]  # once: for the engine and the usage
+    tokens = sum(len(ids) for ids in prompt_ids)
+    sources = [await prime(call.generate(ids, params)) for ids in prompt_ids]
     return _Run(merge(sources), params.n, tokens, prefix)
 
 

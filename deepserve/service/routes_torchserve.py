@@ -95,7 +95,7 @@ async def _stream(call: Call, body: Any, params: dict[str, Any]) -> AsyncIterato
     from deepserve.service.engine import SamplingParams
 
     prompt, options = _prompt_and_options(body, params)
-    async for chunk in call.generate(prompt, SamplingParams(**options)):
+    async for chunk in call.generate(await call.tokenize(prompt), SamplingParams(**options)):
         yield chunk.text.encode()  # may be b"" (a held-back partial character); harmless
 
 

@@ -121,13 +121,18 @@ class FakeEngine:
     async def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         self.started = False
 
-    def count_tokens(self, prompt: str) -> int:
-        return len(prompt.encode())
+    def encode(self, prompt: str) -> list[int]:
+        return list(prompt.encode())
 
-    async def generate(self, prompt: str, params: Any) -> Any:
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.encode(prompt))
+
+    async def generate(self, prompt: str | list[int], params: Any) -> Any:
         from deepserve.service.engine import GenerationChunk
         from deepserve.service.errors import InvalidRequestError, QueueFullError, ShuttingDownError
 
+        if not isinstance(prompt, str):
+            prompt = bytes(prompt).decode()
         if prompt == "overload":
             raise QueueFullError("fake engine is full; retry", retry_after=2.0)
         if len(prompt) > 64:

@@ -119,14 +119,14 @@ async def test_a_request_looks_its_model_up_once(both: Any, monkeypatch: pytest.
 async def test_slow_decoding_does_not_stall_the_other_connections(both: Any) -> None:
     _, client, _ = both
     auth = {"authorization": "Bearer t0ken"}
-    worst = 0.0
+    lag = 0.0
 
     async def probe() -> None:  # what every other connection waits: how long the loop is away
-        nonlocal worst
+        nonlocal lag
         while True:
             started = time.perf_counter()
             await asyncio.sleep(0.002)
-            worst = max(worst, time.perf_counter() - started - 0.002)
+            lag += max(0.0, time.perf_counter() - started - 0.002)
             assert (await client.get("/v2/health/live")).status_code == 200
 
     prober = asyncio.create_task(probe())
@@ -135,7 +135,8 @@ async def test_slow_decoding_does_not_stall_the_other_connections(both: Any) -> 
         slow = [client.post("/predictions/sum", json=[[1, 2, 3]], headers=auth) for _ in range(4)]
         assert [r.status_code for r in await asyncio.gather(*slow)] == [200] * 4
     prober.cancel()
-    assert worst < 0.03, f"the event loop was away {worst * 1000:.0f} ms behind requests decoding for 50 ms"
+    # decoding on the loop would hold it 12 x 50 ms = 600 ms; off it, only scheduling delays remain
+    assert lag < 0.2, f"the event loop was away {lag * 1000:.0f} ms in all while requests decoded"
 
 
 async def test_the_guard_counts_in_flight_and_releases_on_errors(tmp_path: Path) -> None:

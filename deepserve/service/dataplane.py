@@ -20,10 +20,11 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from deepserve.service import metadata
@@ -39,9 +40,14 @@ from deepserve.service.metrics import Metrics
 from deepserve.service.registry import Registry
 from deepserve.service.settings import Settings
 from deepserve.service.state import ServerState
+from deepserve.service.v2_codec import InferRequest, InferResult
+
+if TYPE_CHECKING:
+    from deepserve.service.engine import GenerationChunk, SamplingParams
 
 log = logging.getLogger(__name__)
 Credentials = str | bytes | None  # the request's Authorization header / metadata, as sent
+IN_PROCESS = "python"  # the protocol label of calls made through the plane's own methods
 
 
 class DataPlane:
@@ -155,6 +161,25 @@ class DataPlane:
     def call(self, model: str, version: str | None, protocol: str) -> Call:
         """One request to ``model``: use as ``with plane.call(...) as call: await call.infer(...)``."""
         return Call(self.registry, self.stage, model, version or None, protocol)
+
+    # -- whole operations, for a program that embeds the server (transports use ``call``) ------
+    async def infer(
+        self, model: str, request: InferRequest, version: str | None = None, deadline_s: float | None = None
+    ) -> InferResult:
+        with self.call(model, version, IN_PROCESS) as call:
+            return await call.infer(request, deadline_s)
+
+    async def embed(self, model: str, inputs: list[Any]) -> tuple[np.ndarray, int]:
+        with self.call(model, None, IN_PROCESS) as call:
+            return await call.embed(inputs)
+
+    async def generate(
+        self, model: str, prompt: str, params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        """The chunks as they are made; the request counts as one until its last chunk."""
+        with self.call(model, None, IN_PROCESS) as call:
+            async for chunk in call.generate(await call.tokenize(prompt), params):
+                yield chunk
 
     def check_management(self, credentials: Credentials) -> None:
         """Load / unload: only when turned on, and only with the management token."""

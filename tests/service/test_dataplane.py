@@ -164,3 +164,28 @@ async def test_unknown_models_count_under_one_label_and_management_is_off(tmp_pa
     assert plane.metrics.registry.get_sample_value("deepserve_requests_total", labels) == 2.0
     with pytest.raises(ManagementDisabledError):
         await plane.load_model("sum", "Bearer anything")
+
+
+async def test_a_program_can_use_the_data_plane_without_a_transport(tmp_path: Path) -> None:
+    """infer / embed / generate on the plane itself: the same policy and accounting, no sockets."""
+    from deepserve.service.engine import SamplingParams
+    from deepserve.service.v2_codec import InferRequest
+    from tests.service.fakes import EmbedHandler, FakeEngine, make_generation_handler
+
+    config = Settings(model_store=tmp_path)
+    registry = Registry(config, Metrics(CollectorRegistry()))
+    await registry.add_handler(SumHandler())
+    await registry.add_handler(EmbedHandler())
+    await registry.add_handler(make_generation_handler(), engine=FakeEngine())
+    async with DataPlane(config, registry) as plane:
+        await plane.loaded()
+        result = await plane.infer("sum", InferRequest({"x": np.ones((2, 3), np.float32)}))
+        assert result.outputs["total"].ravel().tolist() == [3.0, 3.0]
+        vectors, _ = await plane.embed("embed", ["abc", "a"])
+        assert vectors.shape[0] == 2
+        text = "".join([c.text async for c in plane.generate("gen", "olleh", SamplingParams(max_tokens=8))])
+        assert text == "hello"
+        labels = {"model": "sum", "protocol": "python", "code": "200"}
+        assert plane.metrics.registry.get_sample_value("deepserve_requests_total", labels) == 1.0
+        with pytest.raises(ModelNotFoundError):
+            await plane.infer("nope", InferRequest({}))

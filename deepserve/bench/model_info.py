@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from deepserve.bench.inputs import InputSpec, ModelInfo
-from deepserve.bench.server_stats import model_metadata
+from deepserve.bench.server_stats import model_config, model_metadata
 
 
 class ModelNotFoundBenchError(LookupError):
@@ -66,10 +66,18 @@ def from_server(url: str, name: str) -> ModelInfo:
             f"{url} does not know model {name!r} (GET /v2/models/{name} failed); "
             f"check the name with GET {url}/v2/models or pass --store"
         )
+    config = model_config(url, name)
+    # An optional input is an alternative form (image / text / seed: sending it with the graph's
+    # tensors is refused) or one the tokenizer builds anyway (attention_mask): send the graph's form.
+    optional = {str(t.get("name")) for t in config.get("input", []) if t.get("optional")}
+    skip = optional - {"attention_mask"}
     inputs = [
-        InputSpec(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in meta.get("inputs", [])
+        InputSpec(t["name"], t["datatype"], [int(d) for d in t["shape"]])
+        for t in meta.get("inputs", [])
+        if t["name"] not in skip
     ]
-    return ModelInfo(name=name, task=_task_from_inputs({i.name for i in inputs}), inputs=inputs)
+    task = _task_from_inputs({i.name for i in inputs})
+    return ModelInfo(name=name, task=task, inputs=inputs, max_batch_size=int(config.get("max_batch_size", 0)))
 
 
 def resolve(name: str, *, store: Path | None, url: str | None) -> ModelInfo:

@@ -98,3 +98,12 @@ def model_metadata(url: str, model: str) -> dict[str, Any] | None:
     except (urllib.error.URLError, OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def model_config(url: str, model: str) -> dict[str, Any]:
+    """Triton's model config as JSON; empty when the server has no config route."""
+    try:
+        doc = fetch_json(f"{url}/v2/models/{model}/config")
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}

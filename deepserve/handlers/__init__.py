@@ -8,14 +8,16 @@
 Served KServe v2 signature (``Handler.inputs`` / ``outputs``): the graph's own tensors plus
 
     task / input kind          extra input            extra output
-    classification, image      image BYTES [-1]       probabilities FP32 [-1, K]
+    classification, image      image BYTES [-1, 1]    probabilities FP32 [-1, K]
     classification, tabular    -                      probabilities FP32 [-1, K]
-    classification, text       text BYTES [-1]        probabilities FP32 [-1, K]
+    classification, text       text BYTES [-1, 1]     probabilities FP32 [-1, K]
     regression                 -                      -
     embedding, text / image    text / image BYTES     -
-    image-generation           seed INT64 [-1]        png BYTES [-1]
+    image-generation           seed INT64 [-1, 1]     png BYTES [-1]
 
-A request sends either the graph's inputs or the one extra input. ``postprocess`` of a
+A request sends either the graph's inputs or the one extra input, never both: the extra input is
+``optional`` in the signature (Triton's model config ``optional: true``), so tools that fill every
+required input (perf_analyzer) send the graph's tensors only. ``postprocess`` of a
 ``TensorRequest`` returns the served tensors (only ``request.outputs`` when given); of a
 ``PayloadRequest``, the JSON-able TorchServe/OpenAI-style answer documented in each task module.
 """

@@ -48,16 +48,20 @@ class InputCodec(ABC):
 
     def from_tensors(self, tensors: Tensors) -> Tensors:
         check_names(tensors, [*self.graph_inputs, *self.extra_inputs])
-        graph_names = {t.name for t in self.graph_inputs}
-        # Both forms at once: the graph's tensors win (perf_analyzer fills every listed input).
-        if graph_names & set(tensors):
+        # Exactly one form: which of two disagreeing payloads to trust is not ours to guess.
+        given = [form for form in self.forms() if form & set(tensors)]
+        if len(given) == 1 and given[0] == self.forms()[0]:
             return self.check_graph(tensors)
-        if self.extra_inputs and set(tensors):
+        if len(given) == 1:
             return self.decode_extra(tensors)
         forms = " or ".join(repr(sorted(f)) for f in self.forms())
-        raise InvalidInputError(f"no input given; send {forms}")
+        if not given:
+            raise InvalidInputError(f"no input given; send {forms}")
+        sent = sorted(tensors)
+        raise InvalidInputError(f"inputs {sent} mix two forms; send {forms}, not both")
 
     def forms(self) -> list[set[str]]:
+        """The input sets a request may send: the graph's own, or one extra input alone."""
         return [{t.name for t in self.graph_inputs}, *({t.name} for t in self.extra_inputs)]
 
     def check_graph(self, tensors: Tensors) -> Tensors:

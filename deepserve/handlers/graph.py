@@ -49,6 +49,7 @@ class GraphHandler(Handler):
         self.spinning = spinning
         self.codec = self.make_codec()
         self._runtime: Runtime | None = None
+        self._served_inputs: list[TensorSpec] | None = None
         self._served_outputs: list[TensorSpec] | None = None
 
     def make_codec(self) -> InputCodec:
@@ -57,18 +58,22 @@ class GraphHandler(Handler):
     # -- served signature ---------------------------------------------------------------------
     @property
     def inputs(self) -> list[TensorSpec]:
-        return [*self.spec.inputs, *self.codec.extra_inputs]
+        """The graph's inputs, then the codec's extra ones (``image`` / ``text`` / ``seed``, optional).
+
+        Triton can only say "required" or "optional", not "one of": the graph's inputs stay
+        required, so tools that fill every required input (perf_analyzer, tritonclient's
+        generators) send the graph's form; a request may still send the extra input alone.
+        """
+        if self._served_inputs is None:
+            optional = self.codec.optional_inputs  # e.g. attention_mask: all ones when left out
+            graph = [t.model_copy(update={"optional": t.name in optional}) for t in self.spec.inputs]
+            self._served_inputs = [*graph, *self.codec.extra_inputs]
+        return self._served_inputs
 
     @property
     def optional_inputs(self) -> set[str]:
-        """Served inputs a request may leave out (Triton model config ``optional: true``).
-
-        With an extra input (``image`` / ``text`` / ``seed``) a request sends one form or the
-        other, so every input is optional on its own; ``attention_mask`` always is.
-        """
-        if self.codec.extra_inputs:
-            return {t.name for t in self.inputs}
-        return set(self.codec.optional_inputs)
+        """Served inputs a request may leave out (Triton model config ``optional: true``)."""
+        return {t.name for t in self.inputs if t.optional}
 
     @property
     def outputs(self) -> list[TensorSpec]:

@@ -3,9 +3,10 @@
 Decoding converts to the model's channels (grayscale "L" or "RGB") and resizes to its size;
 normalisation (mean/std) is inside the graph, so the codec only scales to [0, 1].
 
-Accepted forms: KServe v2 ``pixels`` FP32 [-1, C, H, W] or ``image`` BYTES [-1] (encoded files);
-a body of image bytes (TorchServe ``curl -T cat.png``); base64 text; JSON ``{"pixels": ...}`` /
-``{"image": b64 | [b64, ...]}``; a list of base64 strings or a nested pixel list.
+Accepted forms: KServe v2 ``pixels`` FP32 [-1, C, H, W] or ``image`` BYTES [-1, 1] (encoded files,
+one per row; [-1] too); a body of image bytes (TorchServe ``curl -T cat.png``); base64 text;
+JSON ``{"pixels": ...}`` / ``{"image": b64 | [b64, ...]}``; a list of base64 strings or a nested
+pixel list.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from deepserve.handlers.codec import InputCodec, parse_json
 from deepserve.handlers.tensors import bytes_items, check_tensor
 from deepserve.store import ImagePreprocessing, TensorSpec
 
-IMAGE_INPUT = TensorSpec(name="image", datatype="BYTES", shape=[-1])
+# [-1, 1], one file per row, as Triton writes a batched string input (dims [1]): with a bare [-1],
+# tools that strip the batch dim (perf_analyzer) are left with no shape and refuse the model.
+# Optional: a request sends either this or ``pixels``. [-1] (a flat list of files) is accepted too.
+IMAGE_INPUT = TensorSpec(name="image", datatype="BYTES", shape=[-1, 1], optional=True)
 # A few KB of PNG can declare a gigapixel image (a decompression bomb); decoding one would take
 # seconds and gigabytes before the resize to the model's size. 4096 x 4096 covers real photos.
 MAX_IMAGE_PIXELS = 4096 * 4096

@@ -3,7 +3,7 @@
 Row i of a request with seed s uses ``numpy.random.default_rng(s + i)``, so ``{"seed": 7, "n": 2}``
 gives the same two images as KServe v2 ``seed`` = [7, 8].
 
-Accepted forms: KServe v2 ``latent`` FP32 [-1, Z] or ``seed`` INT64 [-1]; a body (or parameters)
+Accepted forms: KServe v2 ``latent`` FP32 [-1, Z] or ``seed`` INT64 [-1, 1] or [-1]; a body (or parameters)
 ``{"n": int, "seed": int}`` or ``{"latent": [[...], ...]}``; an empty body = one random image.
 """
 
@@ -19,7 +19,8 @@ from deepserve.handlers.params import int_param
 from deepserve.handlers.tensors import check_tensor
 from deepserve.store import TensorSpec
 
-SEED_INPUT = TensorSpec(name="seed", datatype="INT64", shape=[-1])
+SEED_INPUT = TensorSpec(name="seed", datatype="INT64", shape=[-1, 1], optional=True)  # as image.IMAGE_INPUT
+_SEEDS = TensorSpec(name="seed", datatype="INT64", shape=[-1])  # what it is checked as, once flat
 
 
 def latents(seeds: list[int], dim: int) -> np.ndarray:
@@ -39,7 +40,8 @@ class LatentCodec(InputCodec):
         return [SEED_INPUT]
 
     def decode_extra(self, tensors: Tensors) -> Tensors:
-        seeds = check_tensor(SEED_INPUT, tensors["seed"])
+        seeds = np.asarray(tensors["seed"])  # (n, 1) as served, or (n,)
+        seeds = check_tensor(_SEEDS, seeds[:, 0] if seeds.ndim == 2 and seeds.shape[1] == 1 else seeds)
         if seeds.min() < 0:
             raise InvalidInputError("input 'seed' must hold non-negative integers")
         return {self.latent.name: latents([int(s) for s in seeds], self.dim)}

@@ -1,7 +1,7 @@
 """Text -> ``input_ids`` / ``attention_mask`` INT64 (n, T), padded to the request's longest text.
 
 Accepted forms: KServe v2 ``input_ids`` (+ optional ``attention_mask``, all ones when left out)
-INT64 [-1, -1], or ``text`` BYTES [-1] (UTF-8); a body that is a string, UTF-8 bytes, a list of
+INT64 [-1, -1], or ``text`` BYTES [-1, 1] or [-1] (UTF-8); a body that is a string, UTF-8 bytes, a list of
 strings, token ids (a list of ints, or a list of such lists), or JSON ``{"text" | "input" | "inputs" |
 "data": ...}`` holding any of those.
 """
@@ -19,7 +19,7 @@ from deepserve.handlers.tensors import bytes_items
 from deepserve.handlers.tokenizer import encode_texts, load_tokenizer
 from deepserve.store import TensorSpec, TextPreprocessing
 
-TEXT_INPUT = TensorSpec(name="text", datatype="BYTES", shape=[-1])
+TEXT_INPUT = TensorSpec(name="text", datatype="BYTES", shape=[-1, 1], optional=True)  # as image.IMAGE_INPUT
 _KEYS = ("text", "input", "inputs", "data")
 
 

@@ -32,8 +32,10 @@ def model_metadata(registry: Registry, name: str, version: str | None = None) ->
         "name": name,
         "versions": [str(v) for v in registry.versions(name)],
         "platform": platform(entry),
-        "inputs": [t.model_dump() for t in handler.inputs],
-        "outputs": [t.model_dump() for t in handler.outputs],
+        # KServe v2 tensor metadata is name, datatype, shape: gRPC's TensorMetadata has no
+        # ``optional`` field (tritonclient would fail to parse it), so that lives in the config only
+        "inputs": [t.model_dump(exclude={"optional"}) for t in handler.inputs],
+        "outputs": [t.model_dump(exclude={"optional"}) for t in handler.outputs],
     }
 
 
@@ -43,13 +45,17 @@ def model_ready(registry: Registry, name: str, version: str | None = None) -> bo
 
 def model_config(registry: Registry, name: str, version: str | None = None) -> dict[str, Any]:
     """Triton's ModelConfig as JSON (what ``/v2/models/{m}/config`` serves): ``dims`` leave out the batch
-    dimension, as in Triton when ``max_batch_size`` > 0."""
+    dimension, as in Triton when ``max_batch_size`` > 0; an input a request may leave out says
+    ``optional: true`` (perf_analyzer then needs no data for it)."""
     entry = registry.get(name, version)
     assert entry.handler is not None and entry.batcher is not None
 
     def tensor(t: Any) -> dict[str, Any]:
         datatype = "TYPE_STRING" if t.datatype == "BYTES" else f"TYPE_{t.datatype}"
         return {"name": t.name, "data_type": datatype, "dims": list(t.shape[1:])}
+
+    def model_input(t: Any) -> dict[str, Any]:
+        return {**tensor(t), "optional": True} if t.optional else tensor(t)  # ModelOutput has no such field
 
     s = registry.settings
     return {
@@ -58,7 +64,7 @@ def model_config(registry: Registry, name: str, version: str | None = None) -> d
         "backend": "deepserve",
         "version_policy": {"latest": {"num_versions": len(registry.versions(name))}},
         "max_batch_size": entry.batcher.max_batch_size,
-        "input": [tensor(t) for t in entry.handler.inputs],
+        "input": [model_input(t) for t in entry.handler.inputs],
         "output": [tensor(t) for t in entry.handler.outputs],
         "dynamic_batching": {
             "preferred_batch_size": s.preferred_batch_sizes,

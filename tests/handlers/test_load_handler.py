@@ -142,4 +142,4 @@ def test_no_fallback_when_an_override_cannot_be_met_or_the_checkpoint_is_gone(
 def test_optional_inputs_tell_which_forms_may_be_left_out(tabular_cls: Path, text_cls: Path) -> None:
     assert load_handler(tabular_cls, load=False).optional_inputs == set()  # type: ignore[attr-defined]
     text = load_handler(text_cls, load=False)
-    assert text.optional_inputs == {"input_ids", "attention_mask", "text"}  # type: ignore[attr-defined]
+    assert text.optional_inputs == {"attention_mask", "text"}  # type: ignore[attr-defined]

@@ -18,13 +18,14 @@ the codec stage, which keeps the slow ones off the event loop.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deepserve.handlers.base import Handler, PayloadRequest, TensorRequest
+from deepserve.service.codec_stage import size_kind
 from deepserve.service.errors import InvalidRequestError, ModelNotReadyError, as_deepserve_error
 from deepserve.service.v2_codec import InferRequest, InferResult
 
@@ -119,7 +120,7 @@ class Call:
         timeout = _timeout(request.parameters, batcher.default_timeout)
         if deadline_s is not None:
             timeout = min(timeout, deadline_s)
-        kind = "bytes" if any(a.dtype == object for a in request.tensors.values()) else "tensor"
+        kind = _tensor_kind(request.tensors)
         t0 = time.perf_counter_ns()
         item = await self._stage.run(self._cost("pre", kind), handler.preprocess, tensors)
         t1 = time.perf_counter_ns()
@@ -134,8 +135,9 @@ class Call:
     async def predict(self, body: Any, content_type: str | None, parameters: dict[str, Any]) -> Any:
         """TorchServe-style: a decoded body through preprocess -> batch -> postprocess."""
         request = PayloadRequest(body, content_type, parameters)
-        outputs, _ = await self._payload(request, "payload")
-        post = self._cost("post", "payload")
+        kind = size_kind("payload", len(body)) if isinstance(body, (bytes, str)) else "payload"
+        outputs, _ = await self._payload(request, kind)
+        post = self._cost("post", kind)
         return await self._stage.run(post, self.handler.postprocess, outputs, request)
 
     async def embed(self, inputs: list[Any]) -> tuple[np.ndarray, int]:
@@ -185,7 +187,9 @@ class Call:
         engine = self.engine
         return await self._stage.run(self._cost("tokenize", "text"), engine.encode, prompt)
 
-    def generate(self, prompt: str | list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+    def generate(
+        self, prompt: str | list[int], params: SamplingParams
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Chunks from the model's continuous-batching engine; ``prompt`` as text or ``tokenize``'s ids."""
         return self.engine.generate(prompt, params)
 
@@ -196,6 +200,15 @@ class Call:
         if decode is None:
             raise InvalidRequestError(f"model {self.model!r} takes text prompts only")
         return str(decode(ids))
+
+
+def _tensor_kind(tensors: dict[str, np.ndarray]) -> str:
+    """Numeric tensors cost little to check; BYTES inputs (encoded images, texts) cost by size."""
+    payloads = [a for a in tensors.values() if a.dtype == object]
+    if not payloads:
+        return "tensor"
+    nbytes = sum(len(v) for a in payloads for v in a.ravel() if isinstance(v, (bytes, str)))
+    return size_kind("bytes", nbytes)
 
 
 def _timeout(parameters: dict[str, Any], default: float) -> float:

@@ -6,15 +6,18 @@ microseconds, less than a hand-off to a thread costs. So the stage measures each
 (model, step, request kind) as it runs and decides per kind: what has cost less than
 ``inline_below`` on average runs on the loop, the rest in a small thread pool. A kind not seen yet
 runs in the pool, so the first large image never blocks the loop; each run, wherever it ran,
-updates the average, so a kind that turns slow moves back to the pool.
+updates the average, so a kind that turns slow moves back to the pool. Only runs that succeed are
+measured: a flood of requests that fail at once must not make the slow valid ones look cheap.
 
 The pool is bounded: past ``max_waiting`` tasks waiting for a thread, new requests are refused
-with 429 (the same back-pressure as a full model queue) instead of piling up in memory.
+with 429 (the same back-pressure as a full model queue) instead of piling up in memory. A task
+counts until its thread is done with it, even when its caller has gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +27,12 @@ from deepserve.service.errors import QueueFullError
 
 T = TypeVar("T")
 _SMOOTHING = 0.2  # weight of the newest run in the running average
+
+
+def size_kind(kind: str, nbytes: int) -> str:
+    """``kind`` with its payload's size class: sizes within a factor of 16 share a measurement, so
+    a small request and a large image of the same model are not averaged together."""
+    return f"{kind}-{nbytes.bit_length() // 4}"
 
 
 class StepCost:
@@ -59,13 +68,21 @@ class CodecStage:
             return _timed(cost, fn, *args)
         if self._queued >= self._capacity:
             raise QueueFullError(
-                f"the pre/post-processing stage has {self._queued} requests waiting; retry shortly"
+                f"the pre/post-processing stage has {self._queued} requests in hand; retry shortly"
             )
         self._queued += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, _timed, cost, fn, *args)
-        finally:
-            self._queued -= 1
+        loop = asyncio.get_running_loop()
+        work = self._pool.submit(_timed, cost, fn, *args)
+
+        def done(_: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed first (shutdown): nothing to count
+                loop.call_soon_threadsafe(self._release)
+
+        work.add_done_callback(done)
+        return await asyncio.wrap_future(work)
+
+    def _release(self) -> None:
+        self._queued -= 1
 
     def forget(self, model: str) -> None:
         """A model unloaded (or reloaded with other code): its measurements no longer hold."""
@@ -78,7 +95,6 @@ class CodecStage:
 
 def _timed(cost: StepCost, fn: Callable[..., T], *args: object) -> T:
     start = time.perf_counter()
-    try:
-        return fn(*args)
-    finally:
-        cost.observe(time.perf_counter() - start)
+    result = fn(*args)
+    cost.observe(time.perf_counter() - start)
+    return result

@@ -4,8 +4,8 @@ Built in the process entry point and handed to the HTTP app and the gRPC service
 registry (handlers, batchers, generation engines), the metrics, readiness and drain, and applies
 the policy once for every transport:
 
-- ``guard(credentials)``: refuse while draining, check the bearer token, count the request in
-  flight (what the drain waits for);
+- ``admit(credentials)`` ... ``release()`` (``guard`` as a ``with`` block): refuse while draining,
+  check the bearer token, count the request in flight (what the drain waits for);
 - ``call(model, version, protocol)``: look the model up once, admit the request to its queue, and
   account for it until its answer is complete (``service.call.Call``);
 - management (load / unload) checks its own token, and only when it is turned on.
@@ -65,6 +65,7 @@ class DataPlane:
         self._token = _bearer(settings.auth_token)
         self._management_token = _bearer(settings.management_token)
         self._loader: asyncio.Task[None] | None = None
+        self._load_error = ""
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -72,8 +73,13 @@ class DataPlane:
         self._loader = asyncio.create_task(self._load())
 
     async def _load(self) -> None:
-        if self._load_store:
-            await self.registry.load_store()
+        try:
+            if self._load_store:
+                await self.registry.load_store()
+        except Exception as exc:  # an unreadable store: said once, and readiness says why
+            log.exception("loading the model store %s failed", self.settings.model_store)
+            self._load_error = f"loading the model store failed: {type(exc).__name__}: {exc}"
+            return
         self.registry.loading_done = True
         entries = self.registry.entries()
         log.info("%d of %d model versions ready", sum(e.ready for e in entries), len(entries))
@@ -94,13 +100,15 @@ class DataPlane:
     async def stop(self) -> None:
         """Drain the models (queued work finishes within what is left of the drain), then close."""
         self.begin_drain()
-        if self._loader is not None:
-            self._loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loader
-        await self.state.wait_idle(self.state.drain_time_left())
-        await self.registry.stop(self.state.drain_time_left())
-        self.stage.close()
+        try:
+            if self._loader is not None:
+                self._loader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._loader
+            await self.state.wait_idle(self.state.drain_time_left())
+            await self.registry.stop(self.state.drain_time_left())
+        finally:
+            self.stage.close()
 
     async def __aenter__(self) -> DataPlane:
         await self.start()
@@ -123,6 +131,8 @@ class DataPlane:
     def why_not_ready(self) -> str:
         if self.state.draining:
             return "server is shutting down"
+        if self._load_error:
+            return self._load_error
         broken = [f"{e.name}: {e.reason}" for e in self.registry.entries() if e.state == "failed"]
         return "models are not all ready" + (f"; failed: {'; '.join(broken)}" if broken else "")
 
@@ -136,13 +146,13 @@ class DataPlane:
         """Inference needs a bearer token (a transport may skip reading credentials otherwise)."""
         return self._token is not None
 
-    def admit(self, credentials: Credentials, *, management: bool = False) -> None:
-        """Admission to the server: not while draining, and with the bearer token when one is set
-        (``management`` requests carry the management token instead, checked by load / unload).
-        An admitted request counts as in flight until ``release``."""
+    def admit(self, credentials: Credentials, *, trusted: bool = False) -> None:
+        """Admission to the server: not while draining, and with the bearer token when one is set.
+        ``trusted``: no inference token asked (load / unload carry the management token, which
+        they check; a program calling the plane itself). Counts as in flight until ``release``."""
         if self.state.draining:
             raise ShuttingDownError("server is shutting down; retry on another replica")
-        if self._token is not None and not management and not _matches(credentials, self._token):
+        if self._token is not None and not trusted and not _matches(credentials, self._token):
             raise UnauthorizedError("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
         self.state.enter()
 
@@ -150,9 +160,9 @@ class DataPlane:
         self.state.leave()
 
     @contextlib.contextmanager
-    def guard(self, credentials: Credentials, *, management: bool = False) -> Iterator[None]:
+    def guard(self, credentials: Credentials, *, trusted: bool = False) -> Iterator[None]:
         """``admit`` ... ``release`` around a block."""
-        self.admit(credentials, management=management)
+        self.admit(credentials, trusted=trusted)
         try:
             yield
         finally:
@@ -163,23 +173,25 @@ class DataPlane:
         return Call(self.registry, self.stage, model, version or None, protocol)
 
     # -- whole operations, for a program that embeds the server (transports use ``call``) ------
+    # The program is trusted (no token), but drain refuses it and waits for it like any request.
     async def infer(
         self, model: str, request: InferRequest, version: str | None = None, deadline_s: float | None = None
     ) -> InferResult:
-        with self.call(model, version, IN_PROCESS) as call:
+        with self.guard(None, trusted=True), self.call(model, version, IN_PROCESS) as call:
             return await call.infer(request, deadline_s)
 
     async def embed(self, model: str, inputs: list[Any]) -> tuple[np.ndarray, int]:
-        with self.call(model, None, IN_PROCESS) as call:
+        with self.guard(None, trusted=True), self.call(model, None, IN_PROCESS) as call:
             return await call.embed(inputs)
 
     async def generate(
         self, model: str, prompt: str, params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:
         """The chunks as they are made; the request counts as one until its last chunk."""
-        with self.call(model, None, IN_PROCESS) as call:
-            async for chunk in call.generate(await call.tokenize(prompt), params):
-                yield chunk
+        with self.guard(None, trusted=True), self.call(model, None, IN_PROCESS) as call:
+            async with contextlib.aclosing(call.generate(await call.tokenize(prompt), params)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
     def check_management(self, credentials: Credentials) -> None:
         """Load / unload: only when turned on, and only with the management token."""
@@ -218,7 +230,8 @@ class DataPlane:
 
     async def load_model(self, name: str, credentials: Credentials) -> None:
         self.check_management(credentials)
-        entries = await self.registry.load(name)
+        with self.guard(None, trusted=True):  # not while draining: nothing would stop what it starts
+            entries = await self.registry.load(name)
         self.stage.forget(name)
         failed = [e for e in entries if e.state == "failed"]
         if failed:
@@ -226,7 +239,8 @@ class DataPlane:
 
     async def unload_model(self, name: str, credentials: Credentials) -> None:
         self.check_management(credentials)
-        await self.registry.unload(name)
+        with self.guard(None, trusted=True):
+            await self.registry.unload(name)
         self.stage.forget(name)
 
 

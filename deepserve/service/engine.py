@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -188,9 +188,6 @@ class GenerationEngine:
         is slow) and pass the ids to ``generate``."""
         return self.handler.encode(prompt)
 
-    def count_tokens(self, prompt: str) -> int:
-        return len(self.encode(prompt))
-
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         if self._thread is not None:
@@ -222,7 +219,7 @@ class GenerationEngine:
     # -- the public call -------------------------------------------------------------------------
     async def generate(
         self, prompt: str | list[int], params: SamplingParams
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Chunks of all ``params.n`` choices as they are made; raises before the first one on errors.
         ``prompt``: text, or its token ids from ``encode``."""
         request = self._submit(prompt, params)

@@ -103,7 +103,8 @@ def as_deepserve_error(exc: BaseException) -> DeepserveError:
     """The one mapping from any exception to a typed service error."""
     if isinstance(exc, DeepserveError):
         return exc
-    if isinstance(exc, (asyncio.CancelledError, ClientDisconnect)):  # the transport gave up on it
+    # the transport gave up on it; GeneratorExit: a stream's consumer stopped reading it
+    if isinstance(exc, (asyncio.CancelledError, ClientDisconnect, GeneratorExit)):
         return ClientClosedError("the client went away before the answer")
     if isinstance(exc, HandlerError):
         return error_for_status(exc.status, str(exc) or type(exc).__name__)

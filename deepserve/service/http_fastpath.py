@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from deepserve.service.codec_stage import size_kind
 from deepserve.service.dataplane import DataPlane
 from deepserve.service.errors import ClientClosedError, InvalidRequestError
 from deepserve.service.http_errors import error_response
@@ -64,16 +65,16 @@ class FastInferMiddleware:
                 header_value = value.decode("latin-1")
             elif key == b"content-encoding":
                 encoding = value
+        if encoding not in (None, b"identity", b""):
+            raise InvalidRequestError("compressed request bodies are not supported; send it uncompressed")
         with self.plane.call(model, version, "v2-http") as call:  # a full queue refuses before the body
-            if encoding not in (None, b"identity", b""):
-                raise InvalidRequestError("compressed request bodies are not supported; send it uncompressed")
             body = await _read_body(receive)
             header_length = parse_header_length(header_value, len(body))
             if len(body) <= INLINE_BODY_BYTES:  # microseconds: less than a hand-off to a thread
                 request = decode_request(body, header_length)
                 return encode_response(await call.infer(request), request)
             # a large JSON body takes milliseconds to parse: the codec stage decides where it runs
-            size = f"body-{len(body).bit_length() // 4}"  # sizes within a factor of 16 share a cost
+            size = size_kind("body", len(body))
             stage = self.plane.stage
             request = await stage.run(stage.cost(model, "decode", size), decode_request, body, header_length)
             result = await call.infer(request)

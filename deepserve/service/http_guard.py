@@ -1,7 +1,7 @@
 """Pure ASGI middleware in front of every route: the data plane's guard, and the body-size limit.
 
-The guard (``DataPlane.guard``: drain refusal, bearer token, in-flight count) is the policy every
-transport applies; the body limit is HTTP's own (gRPC caps its messages itself). Kept out of
+The guard (``DataPlane.admit`` / ``release``: drain refusal, bearer token, in-flight count) is the
+policy every transport applies; the body limit is HTTP's own (gRPC caps its messages itself). Kept out of
 FastAPI's middleware stack (BaseHTTPMiddleware costs a task per request) so the hot path pays a
 few dict lookups. Health, readiness and /metrics stay open and are never refused while draining,
 so probes and scrapes keep telling the truth.
@@ -44,7 +44,7 @@ class GuardMiddleware:
             elif key == b"content-length":
                 length = value
         try:
-            self.plane.admit(auth, management=_is_management(path))
+            self.plane.admit(auth, trusted=_is_management(path))
         except Exception as exc:
             await error_response(exc, path)(scope, receive, send)
             return

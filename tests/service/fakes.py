@@ -124,9 +124,6 @@ class FakeEngine:
     def encode(self, prompt: str) -> list[int]:
         return list(prompt.encode())
 
-    def count_tokens(self, prompt: str) -> int:
-        return len(self.encode(prompt))
-
     async def generate(self, prompt: str | list[int], params: Any) -> Any:
         from deepserve.service.engine import GenerationChunk
         from deepserve.service.errors import InvalidRequestError, QueueFullError, ShuttingDownError

@@ -80,3 +80,34 @@ def test_forgetting_a_model_drops_its_measurements() -> None:
     stage.forget("m")
     assert stage.cost("m", "pre", "tensor").average == float("inf")
     stage.close()
+
+
+async def test_failures_do_not_make_a_slow_kind_look_cheap() -> None:
+    """Garbage that fails at once must not pull the slow valid work of the same kind onto the loop."""
+    stage = CodecStage(threads=1, inline_below_s=0.002, max_waiting=4)
+    cost = stage.cost("m", "pre", "bytes-4")
+    await stage.run(cost, time.sleep, 0.02)  # a valid, slow decode
+
+    def garbage() -> None:
+        raise ValueError("cannot decode")
+
+    for _ in range(30):
+        with pytest.raises(ValueError):
+            await stage.run(cost, garbage)
+    assert (await stage.run(cost, _where)).startswith("codec")
+    stage.close()
+
+
+async def test_a_caller_that_leaves_keeps_its_slot_until_the_thread_is_done() -> None:
+    stage = CodecStage(threads=1, inline_below_s=0.0, max_waiting=0)
+    cost = stage.cost("m", "pre", "bytes")
+    gate = threading.Event()
+    leaving = asyncio.create_task(stage.run(cost, gate.wait, 5))
+    await asyncio.sleep(0.05)
+    leaving.cancel()  # the client went away; its decode still occupies the thread
+    with pytest.raises(QueueFullError):
+        await stage.run(cost, _where)
+    gate.set()
+    await asyncio.sleep(0.05)
+    assert (await stage.run(cost, _where)).startswith("codec")
+    stage.close()

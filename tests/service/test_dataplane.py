@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -147,7 +148,7 @@ async def test_the_guard_counts_in_flight_and_releases_on_errors(tmp_path: Path)
         assert plane.state.inflight == 1
         raise RuntimeError("the handler failed")
     assert plane.state.inflight == 0
-    with plane.guard(None, management=True):  # management carries its own token, checked at load
+    with plane.guard(None, trusted=True):  # load / unload carry their own token, checked there
         pass
     plane.begin_drain()
     assert not plane.ready()
@@ -189,3 +190,29 @@ async def test_a_program_can_use_the_data_plane_without_a_transport(tmp_path: Pa
         assert plane.metrics.registry.get_sample_value("deepserve_requests_total", labels) == 1.0
         with pytest.raises(ModelNotFoundError):
             await plane.infer("nope", InferRequest({}))
+
+        stream = plane.generate("gen", "abcdef", SamplingParams(max_tokens=8))
+        async with contextlib.aclosing(stream) as chunks:
+            async for _ in chunks:
+                break  # the program stops reading: a client that left, not a server error
+        left = {"model": "gen", "protocol": "python", "code": "499"}
+        assert plane.metrics.registry.get_sample_value("deepserve_requests_total", left) == 1.0
+        assert plane.state.inflight == 0
+        plane.begin_drain()  # drain refuses the program's own calls too, and waits for them
+        with pytest.raises(ShuttingDownError):
+            await plane.infer("sum", InferRequest({"x": np.ones((1, 3), np.float32)}))
+
+
+async def test_a_store_that_cannot_be_read_says_why_and_still_shuts_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plane = DataPlane(Settings(model_store=tmp_path))
+
+    def unreadable() -> dict[str, list[int]]:
+        raise PermissionError("permission denied: model_store")
+
+    monkeypatch.setattr(plane.registry, "scan", unreadable)
+    await plane.start()
+    await plane.loaded()
+    assert not plane.ready() and "PermissionError: permission denied" in plane.why_not_ready()
+    await plane.stop()  # no traceback out of the failed load

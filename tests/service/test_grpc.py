@@ -106,3 +106,30 @@ async def test_methods_deepserve_does_not_offer_answer_unimplemented(grpc_env: A
         await client.get_trace_settings()
     assert trace.value.status() == "StatusCode.UNIMPLEMENTED"
     assert await client.is_server_live()
+
+
+async def test_a_stream_the_client_cancels_counts_as_499(tmp_path: Path) -> None:
+    """A client that cancels its stream mid-generation left; it is not a server error (no 500 page)."""
+    import asyncio
+
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    async with serving(tmp_path) as env:
+        request = pb.ModelInferRequest(model_name="gen")
+        request.parameters["max_tokens"].int64_param = 60
+        text = request.inputs.add(name="text_input", datatype="BYTES", shape=[1])
+        text.contents.bytes_contents.append(b"x" * 60)
+        async with grpc.aio.insecure_channel(env.target) as channel:
+            for _ in range(5):  # cancelled while the server waits on the model or on its own write
+                call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter([request]))
+                first = await call.read()
+                assert first.infer_response.model_name == "gen"
+                call.cancel()
+        await asyncio.sleep(0.5)
+        sample = env.plane.metrics.registry.get_sample_value
+        labels = {"model": "gen", "protocol": "v2-grpc"}
+        assert sample("deepserve_requests_total", {**labels, "code": "499"}) == 5.0
+        assert sample("deepserve_requests_total", {**labels, "code": "500"}) is None
+        assert sample("deepserve_inflight_requests", {"model": "gen"}) == 0.0

@@ -49,20 +49,26 @@ class InputCodec(ABC):
     def from_tensors(self, tensors: Tensors) -> Tensors:
         check_names(tensors, [*self.graph_inputs, *self.extra_inputs])
         # Exactly one form: which of two disagreeing payloads to trust is not ours to guess.
-        given = [form for form in self.forms() if form & set(tensors)]
-        if len(given) == 1 and given[0] == self.forms()[0]:
+        forms = self.forms()
+        given = [form for form in forms if not form.isdisjoint(tensors)]
+        if len(given) == 1 and given[0] is forms[0]:
             return self.check_graph(tensors)
         if len(given) == 1:
             return self.decode_extra(tensors)
-        forms = " or ".join(repr(sorted(f)) for f in self.forms())
+        either = " or ".join(repr(sorted(f)) for f in forms)
         if not given:
-            raise InvalidInputError(f"no input given; send {forms}")
+            raise InvalidInputError(f"no input given; send {either}")
         sent = sorted(tensors)
-        raise InvalidInputError(f"inputs {sent} mix two forms; send {forms}, not both")
+        raise InvalidInputError(f"inputs {sent} mix two forms; send {either}, not both")
 
-    def forms(self) -> list[set[str]]:
-        """The input sets a request may send: the graph's own, or one extra input alone."""
-        return [{t.name for t in self.graph_inputs}, *({t.name} for t in self.extra_inputs)]
+    def forms(self) -> list[frozenset[str]]:
+        """The input sets a request may send: the graph's own, or one extra input alone (built once:
+        the signature does not change, and this runs for every request)."""
+        forms: list[frozenset[str]] | None = self.__dict__.get("_forms")
+        if forms is None:
+            graph = frozenset(t.name for t in self.graph_inputs)
+            forms = self.__dict__["_forms"] = [graph, *(frozenset({t.name}) for t in self.extra_inputs)]
+        return forms
 
     def check_graph(self, tensors: Tensors) -> Tensors:
         names = [t.name for t in self.graph_inputs]

@@ -107,7 +107,8 @@ class Registry:
 
     @property
     def ready(self) -> bool:
-        """Every model loaded and ready: a broken model keeps the server unready (DESIGN.md) unless
+        """Every model loaded and ready: a broken model keeps the server unready (readiness tells the
+        truth: a replica missing a model must not get traffic for it) unless
         ``ready_with_failed_models``; an empty store is never ready."""
         entries = self.entries()
         tolerated = ("ready", "failed") if self.settings.ready_with_failed_models else ("ready",)

@@ -40,8 +40,8 @@ MAX_TIMEOUT_S = 600.0
 
 
 class Call:
-    __slots__ = ("_inflight", "_open", "_registry", "_stage", "_start", "_version", "code", "entry",
-                 "model", "protocol")  # fmt: skip
+    __slots__ = ("_inflight", "_label", "_open", "_registry", "_stage", "_start", "_stats", "_version",
+                 "code", "entry", "model", "protocol")  # fmt: skip
 
     def __init__(
         self, registry: Registry, stage: CodecStage, model: str, version: str | None, protocol: str
@@ -54,8 +54,10 @@ class Call:
     # -- accounting ------------------------------------------------------------------------------
     def __enter__(self) -> Call:
         self._start = time.perf_counter_ns()
-        known = self._registry.stats_for(self.model) is not None
-        self._inflight = self._registry.metrics.inflight_child(self.model if known else UNKNOWN_MODEL)
+        # looked up once: the gauge, the counters and Triton's statistics agree on one label
+        self._stats = self._registry.stats_for(self.model)
+        self._label = self.model if self._stats is not None else UNKNOWN_MODEL
+        self._inflight = self._registry.metrics.inflight_child(self._label)
         self._inflight.inc()
         try:
             self.entry: ModelEntry = self._registry.get(self.model, self._version)
@@ -88,13 +90,11 @@ class Call:
     def _count(self) -> None:
         elapsed = time.perf_counter_ns() - self._start
         self._inflight.dec()
-        stats = self._registry.stats_for(self.model)
-        label = self.model if stats is not None else UNKNOWN_MODEL
-        counter, histogram = self._registry.metrics.request_children(label, self.protocol, self.code)
+        counter, histogram = self._registry.metrics.request_children(self._label, self.protocol, self.code)
         counter.inc()
         histogram.observe(elapsed / 1e9)
-        if stats is not None:
-            stats.durations["success" if self.code == "200" else "fail"].add(elapsed)
+        if self._stats is not None:
+            self._stats.durations["success" if self.code == "200" else "fail"].add(elapsed)
 
     # -- operations ------------------------------------------------------------------------------
     @property

@@ -105,7 +105,7 @@ class DataPlane:
                 self._loader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._loader
-            await self.state.wait_idle(self.state.drain_time_left())
+            await self.wait_idle()
             await self.registry.stop(self.state.drain_time_left())
         finally:
             self.stage.close()

@@ -15,7 +15,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train a built-in recipe or your own CSV / image folder / text file"),
     "export": ("export.__main__", "export a checkpoint to TorchScript / torch.export / ONNX (+fp16, int8)"),
     "store": ("export.store", "build or refresh the default model store"),
-    "serve": ("service.__main__", "serve a model store over HTTP and gRPC"),
+    "import": ("imports.__main__", "import a model file, HF folder, .mar, Triton repo or handler"),
+    "serve": ("service.__main__", "serve a model store (and model files or folders) over HTTP and gRPC"),
     "up": ("service.up", "build the default model store if needed, then serve it"),
     "bench": ("bench.__main__", "load-test a running server (or one it starts) and plot the results"),
 }

@@ -29,12 +29,14 @@ def is_plain_model_name(name: str) -> bool:
 
 SCHEMA_VERSION = 1
 
-Task = Literal["classification", "regression", "embedding", "text-generation", "image-generation"]
+# "raw": the graph's tensors in, its tensors out (an imported model with no task of ours).
+Task = Literal["classification", "regression", "embedding", "text-generation", "image-generation", "raw"]
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
     "FP16", "FP32", "FP64", "BF16", "BYTES",
 ]  # fmt: skip
-Format = Literal["onnx", "torchscript", "pt2"]
+# "transformers": a Hugging Face folder served by transformers itself (`deepserve import --runtime torch`)
+Format = Literal["onnx", "torchscript", "pt2", "transformers"]
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 
 
@@ -72,8 +74,9 @@ class TabularPreprocessing(_Strict):
 
 class TextPreprocessing(_Strict):
     kind: Literal["text"] = "text"
-    tokenizer: Literal["bytes", "wordpiece"]
-    # For "wordpiece": a tokenizers-library JSON file next to model.json.
+    # "wordpiece" / "tokenizers": a tokenizers-library JSON file (any model: WordPiece, BPE, Unigram)
+    # next to model.json; "wordpiece" is the name the first stores were written with.
+    tokenizer: Literal["bytes", "wordpiece", "tokenizers"]
     tokenizer_file: str | None = None
     max_length: int
     pad_id: int = 0
@@ -112,6 +115,25 @@ class GenerationDefaults(_Strict):
     image_width: int | None = None
 
 
+class HandlerRef(_Strict):
+    """User code that serves this version: a file inside the version directory.
+
+    ``python``: a class following deepserve's handler contract (docs/handlers.md);
+    ``torchserve``: a TorchServe handler (built-in name or file) from a ``.mar``, run unchanged.
+    """
+
+    kind: Literal["python", "torchserve"]
+    file: str = Field(description="path relative to the version directory, or a TorchServe built-in name")
+    class_name: str | None = Field(default=None, description="class in ``file``; None: the one it defines")
+
+
+class BatchingSpec(_Strict):
+    """The model's own batching wishes (Triton's ``dynamic_batching``); server overrides win."""
+
+    max_queue_delay_ms: float | None = Field(default=None, ge=0)
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+
+
 class Variant(_Strict):
     """One runnable file of this version and whether parity allows serving it."""
 
@@ -130,7 +152,9 @@ class ModelSpec(_Strict):
     architecture: str = Field(description="registered zoo name, or an imported model id")
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    max_batch_size: int
+    # 0: the graph has no batch axis (a fixed first dimension, or Triton max_batch_size 0): each
+    # request runs alone and ``shapes`` are the whole tensor.
+    max_batch_size: int = Field(ge=0)
     labels: list[str] = Field(default_factory=list)
     preprocessing: Preprocessing | None = None
     generation: GenerationDefaults | None = None
@@ -140,6 +164,15 @@ class ModelSpec(_Strict):
     created: str
     torch_version: str
     source: str | None = Field(default=None, description="checkpoint file or upstream model id")
+    # Written only when set, so the files of built-in models stay as they were.
+    handler: HandlerRef | None = Field(default=None, exclude_if=lambda v: v is None,
+                                       description="user code that serves it (imports)")  # fmt: skip
+    batching: BatchingSpec | None = Field(default=None, exclude_if=lambda v: v is None)
+
+    @property
+    def batched(self) -> bool:
+        """Whether requests may share a run (the graph has a batch axis)."""
+        return self.max_batch_size > 0
 
     def variant(self, fmt: Format, precision: Precision) -> Variant | None:
         return next((v for v in self.variants if v.format == fmt and v.precision == precision), None)

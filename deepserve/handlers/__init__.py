@@ -40,6 +40,12 @@ HANDLERS = {
     "embedding": "deepserve.handlers.embedding:EmbeddingHandler",
     "image-generation": "deepserve.handlers.image_generation:ImageGenerationHandler",
     "text-generation": "deepserve.handlers.generation:TextGenerationHandler",
+    "raw": "deepserve.handlers.raw:RawHandler",
+}
+# model.json ``handler.kind`` -> the loader of user code (imports: your handler, a TorchServe archive).
+USER_HANDLERS = {
+    "python": "deepserve.handlers.custom:load_custom_handler",
+    "torchserve": "deepserve.handlers.hosted_torchserve:load_torchserve_handler",
 }
 
 
@@ -75,6 +81,11 @@ def load_handler(
 
     version_dir = Path(version_dir)
     spec = read_spec(version_dir)
+    if spec.handler is not None:  # user code: it gets the device and loads itself
+        module_name, function = USER_HANDLERS[spec.handler.kind].split(":")
+        loader = getattr(importlib.import_module(module_name), function)
+        user: Handler = loader(spec, version_dir, device=device, load=load)
+        return user
     module_name, class_name = HANDLERS[spec.task].split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     options: dict[str, Any] = {"device": device, "precision": precision, "runtime": runtime}

@@ -74,6 +74,8 @@ class PayloadRequest:
     body: Any
     content_type: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    # the HTTP request's headers, lower-case names (TorchServe handlers read them from their context)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 Request = TensorRequest | PayloadRequest

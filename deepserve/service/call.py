@@ -132,9 +132,12 @@ class Call:
         self.entry.stats.add_io_time(t1 - t0, time.perf_counter_ns() - t2)
         return InferResult(self.model, self.version, served, request.id)
 
-    async def predict(self, body: Any, content_type: str | None, parameters: dict[str, Any]) -> Any:
+    async def predict(
+        self, body: Any, content_type: str | None, parameters: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         """TorchServe-style: a decoded body through preprocess -> batch -> postprocess."""
-        request = PayloadRequest(body, content_type, parameters)
+        request = PayloadRequest(body, content_type, parameters, headers or {})
         kind = size_kind("payload", len(body)) if isinstance(body, (bytes, str)) else "payload"
         outputs, _ = await self._payload(request, kind)
         post = self._cost("post", kind)

@@ -87,7 +87,7 @@ async def predictions(request: Request, model: str, version: str | None = None) 
         if call.generates:
             stream = await prime(_stream(call, body, params))
             return TrackedStreamingResponse(call, stream, media_type="text/plain; charset=utf-8")
-        result = await call.predict(body, content_type, params)
+        result = await call.predict(body, content_type, params, dict(request.headers))
     return encode_result(result)
 
 

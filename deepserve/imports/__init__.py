@@ -1,0 +1,74 @@
+"""Bring your own model: ``deepserve import SOURCE`` and ``deepserve serve SOURCE``.
+
+    import_source(Path("model.onnx"), ImportOptions(store=Path("model_store"), task="classification"))
+
+What a source is, decided by ``detect`` (first rule that matches):
+
+    --handler FILE:CLASS given           your deepserve handler, the source its model files   custom
+    *.onnx / *.pt / *.pt2 file           a graph file (ONNX, TorchScript, torch.export)        graph_file
+    *.mar file                           a TorchServe archive, its handler run unchanged       mar
+    folder with config.pbtxt             one Triton model (the folder name is its name)        triton
+    folder whose subfolders have one     a Triton model repository (every model in it)         triton
+    folder with config.json              a Hugging Face model folder (transformers)            hf
+
+Each importer writes normal model-store versions (``deepserve.imports.base.write_version``) and
+raises ``SourceError`` with a one-line message for anything it cannot serve.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from deepserve.imports.base import ImportOptions, SourceError
+
+__all__ = ["ImportOptions", "SourceError", "detect", "import_source"]
+
+# kind -> "module:function(source, opts) -> list[Path]"
+IMPORTERS = {
+    "custom": "deepserve.imports.custom:import_custom_handler",
+    "graph_file": "deepserve.imports.graph_file:import_graph_file",
+    "mar": "deepserve.imports.mar:import_mar",
+    "triton": "deepserve.imports.triton:import_triton",
+    "hf": "deepserve.imports.hf:import_hf_folder",
+}
+GRAPH_SUFFIXES = (".onnx", ".pt", ".pt2")
+
+
+def is_triton_repository(path: Path) -> bool:
+    return path.is_dir() and any((child / "config.pbtxt").is_file() for child in path.iterdir())
+
+
+def detect(source: Path, opts: ImportOptions) -> str:
+    """Which importer handles ``source`` (rules in the module docstring)."""
+    if not source.exists():
+        raise SourceError(f"{source} does not exist")
+    if opts.handler is not None:
+        return "custom"
+    if source.is_file():
+        if source.suffix in GRAPH_SUFFIXES:
+            return "graph_file"
+        if source.suffix == ".mar":
+            return "mar"
+        raise SourceError(
+            f"{source} is not a model file deepserve knows (.onnx, .pt TorchScript, .pt2 torch.export, "
+            ".mar TorchServe archive); for your own code pass --handler FILE:CLASS"
+        )
+    if (source / "config.pbtxt").is_file() or is_triton_repository(source):
+        return "triton"
+    if (source / "config.json").is_file():
+        return "hf"
+    raise SourceError(
+        f"{source} is a folder deepserve cannot tell apart: not a Hugging Face folder (no config.json), "
+        "not a Triton repository (no <model>/config.pbtxt); for your own code pass --handler FILE:CLASS"
+    )
+
+
+def import_source(source: Path, opts: ImportOptions) -> list[Path]:
+    """Import ``source`` into ``opts.store``; the version directories written (a Triton repository
+    gives one per model and version)."""
+    source = Path(source)
+    module_name, function = IMPORTERS[detect(source, opts)].split(":")
+    importer = getattr(importlib.import_module(module_name), function)
+    written: list[Path] = importer(source, opts)
+    return written

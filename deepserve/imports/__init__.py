@@ -10,6 +10,9 @@ What a source is, decided by ``detect`` (first rule that matches):
     folder with config.pbtxt             one Triton model (the folder name is its name)        triton
     folder whose subfolders have one     a Triton model repository (every model in it)         triton
     folder with config.json              a Hugging Face model folder (transformers)            hf
+    folder with model.json               a deepserve store version (exported elsewhere)       version
+    folder holding one model file        that file (KServe's storage initializer lays out      (its kind)
+                                         a single-file storageUri this way: /mnt/models/x.onnx)
 
 Each importer writes normal model-store versions (``deepserve.imports.base.write_version``) and
 raises ``SourceError`` with a one-line message for anything it cannot serve.
@@ -31,6 +34,7 @@ IMPORTERS = {
     "mar": "deepserve.imports.mar:import_mar",
     "triton": "deepserve.imports.triton:import_triton",
     "hf": "deepserve.imports.hf:import_hf_folder",
+    "version": "deepserve.imports.version:import_store_version",
 }
 GRAPH_SUFFIXES = (".onnx", ".pt", ".pt2")
 
@@ -39,8 +43,22 @@ def is_triton_repository(path: Path) -> bool:
     return path.is_dir() and any((child / "config.pbtxt").is_file() for child in path.iterdir())
 
 
+def model_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (*GRAPH_SUFFIXES, ".mar"))
+
+
+def resolve(source: Path, opts: ImportOptions) -> tuple[str, Path]:
+    """The importer for ``source`` and the path it gets (a folder holding one model file gives the file)."""
+    kind = detect(source, opts)
+    if kind == "folder":
+        [source] = model_files(source)
+        kind = detect(source, opts)
+    return kind, source
+
+
 def detect(source: Path, opts: ImportOptions) -> str:
-    """Which importer handles ``source`` (rules in the module docstring)."""
+    """Which importer handles ``source`` (rules in the module docstring); "folder" for a folder
+    holding exactly one model file."""
     if not source.exists():
         raise SourceError(f"{source} does not exist")
     if opts.handler is not None:
@@ -58,17 +76,22 @@ def detect(source: Path, opts: ImportOptions) -> str:
         return "triton"
     if (source / "config.json").is_file():
         return "hf"
+    if (source / "model.json").is_file():
+        return "version"
+    if len(model_files(source)) == 1:
+        return "folder"
     raise SourceError(
         f"{source} is a folder deepserve cannot tell apart: not a Hugging Face folder (no config.json), "
-        "not a Triton repository (no <model>/config.pbtxt); for your own code pass --handler FILE:CLASS"
+        "not a Triton repository (no <model>/config.pbtxt), not a store version (no model.json), not one "
+        "model file; name the file, or for your own code pass --handler FILE:CLASS"
     )
 
 
 def import_source(source: Path, opts: ImportOptions) -> list[Path]:
     """Import ``source`` into ``opts.store``; the version directories written (a Triton repository
     gives one per model and version)."""
-    source = Path(source)
-    module_name, function = IMPORTERS[detect(source, opts)].split(":")
+    kind, source = resolve(Path(source), opts)
+    module_name, function = IMPORTERS[kind].split(":")
     importer = getattr(importlib.import_module(module_name), function)
     written: list[Path] = importer(source, opts)
     return written

@@ -28,6 +28,7 @@ from deepserve.service.grpc_service import InferenceServicer
 from deepserve.service.settings import Settings
 
 log = logging.getLogger("deepserve")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 BACKLOG = 4096  # connections the kernel queues before accept: bursts of new clients are not refused
 
 
@@ -60,12 +61,39 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from deepserve.imports.__main__ import add_import_arguments
+
     parser = argparse.ArgumentParser(
-        prog="deepserve serve", description="Serve a model store over HTTP and gRPC."
+        prog="deepserve serve",
+        description="Serve a model store over HTTP and gRPC, and beside it any model files (.onnx, .pt, "
+        ".pt2), Hugging Face folders, TorchServe .mar archives or Triton repositories given as SOURCE.",
     )
+    parser.add_argument("sources", nargs="*", type=Path, metavar="SOURCE",
+                        help="a model file, folder, archive or repository to serve directly")  # fmt: skip
     add_serve_arguments(parser)
+    parser.add_argument("--name", help="the model name of a single SOURCE (default: from the source)")
+    add_import_arguments(parser)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    return run(settings_from(args))
+    settings = settings_from(args)
+    if not args.sources:
+        return run(settings)
+    return _run_with_sources(args, settings)
+
+
+def _run_with_sources(args: argparse.Namespace, settings: Settings) -> int:
+    from deepserve.imports import ImportOptions, SourceError
+    from deepserve.service.sources import sources_store
+
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)  # the imports log too
+    opts = ImportOptions(store=settings.model_store, name=args.name, task=args.task, labels=args.labels,
+                         handler=args.handler, runtime=args.runtime)  # fmt: skip
+    try:
+        with sources_store(args.sources, opts, settings.model_store) as extra:
+            stores = [extra, *settings.extra_model_stores]
+            return run(settings.model_copy(update={"extra_model_stores": stores}))
+    except SourceError as exc:
+        print(f"deepserve serve: {exc}", file=sys.stderr)
+        return 2
 
 
 def run(settings: Settings) -> int:
@@ -73,9 +101,9 @@ def run(settings: Settings) -> int:
 
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created doubles scrapes
     logging.basicConfig(  # force: `deepserve up` may have logged (and so configured logging) already
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+        level=settings.log_level.upper(), format=LOG_FORMAT, force=True
     )
-    if not settings.model_store.is_dir():
+    if not settings.model_store.is_dir() and not settings.extra_model_stores:
         log.error(
             "model store %s does not exist: pass --store (or DEEPSERVE_MODEL_STORE), or build one with "
             "`deepserve up` / `deepserve store build --store %s`", settings.model_store, settings.model_store

@@ -1,6 +1,8 @@
 """The models the server holds: one entry per store version, with its state, handler and batcher.
 
 Store layout: ``<store>/<name>/<version>/model.json`` with integer versions (highest = default).
+Several stores may be served (``model_store`` then ``extra_model_stores``); a name is read from the
+first store that holds it.
 A model that fails to load is reported ``failed`` with the reason; the others serve.
 Run-time load/unload accepts only names that are directories of the store (no paths, no URLs).
 """
@@ -116,19 +118,34 @@ class Registry:
         return self.loading_done and fine
 
     # -- store -----------------------------------------------------------------------------------
+    @property
+    def stores(self) -> list[Path]:
+        return [self.settings.model_store, *self.settings.extra_model_stores]
+
+    def _model_dirs(self) -> dict[str, Path]:
+        """Name -> its directory in the first store that holds it."""
+        dirs: dict[str, Path] = {}
+        for store in self.stores:
+            if not store.is_dir():
+                continue
+            for model_dir in sorted(p for p in store.iterdir() if p.is_dir() and MODEL_NAME.match(p.name)):
+                dirs.setdefault(model_dir.name, model_dir)
+        return dirs
+
     def scan(self) -> dict[str, list[int]]:
-        store = self.settings.model_store
         found: dict[str, list[int]] = {}
-        if not store.is_dir():
-            return found
-        for model_dir in sorted(p for p in store.iterdir() if p.is_dir() and MODEL_NAME.match(p.name)):
+        for name, model_dir in self._model_dirs().items():
             versions = sorted(
                 int(v.name) for v in model_dir.iterdir() if v.name.isdigit() and (v / "model.json").is_file()
             )
             if versions:
-                found[model_dir.name] = versions
+                found[name] = versions
         wanted = self.settings.load_models
         return {n: v for n, v in found.items() if wanted is None or n in wanted}
+
+    def version_dir(self, name: str, version: int) -> Path:
+        model_dir = self._model_dirs().get(name, self.settings.model_store / name)
+        return model_dir / str(version)
 
     async def load_store(self) -> None:
         """Load every store model, two at a time (the machines have two cores)."""
@@ -154,7 +171,7 @@ class Registry:
 
     async def _load_version(self, name: str, version: int) -> None:
         entry = self._models[name][version]
-        version_dir = self.settings.model_store / name / str(version)
+        version_dir = self.version_dir(name, version)
         t0 = time.perf_counter()
         try:
             handler = await asyncio.to_thread(self._build_handler, name, version_dir)
@@ -184,16 +201,24 @@ class Registry:
 
     async def _activate(self, entry: ModelEntry, handler: Handler, engine: Any = None) -> None:
         s, override = self.settings, self.settings.override(entry.name)
+        # the operator's per-model override, then the model's own wish (a Triton config's
+        # dynamic_batching), then the server-wide setting
+        own = handler.spec.batching
         delay_ms = override.max_queue_delay_ms
+        if delay_ms is None and own is not None:
+            delay_ms = own.max_queue_delay_ms
         delay_ms = s.max_queue_delay_ms if delay_ms is None else delay_ms
+        preferred = own.preferred_batch_sizes if own is not None and own.preferred_batch_sizes else None
         rows = min(override.max_batch_size or s.max_batch_size, handler.max_batch_size or 1)
+        if handler.max_batch_size == 0:
+            log.info("model %s has no batch axis: each request runs alone (batching off)", entry.name)
         entry.handler = handler
         entry.batcher = DynamicBatcher(
             handler.predict_batch,
             model=entry.name,
             max_batch_size=max(1, rows),
             max_delay=delay_ms / 1000.0,
-            preferred_sizes=s.preferred_batch_sizes,
+            preferred_sizes=preferred or s.preferred_batch_sizes,
             max_queue=override.max_queue_size or s.max_queue_size,
             max_tokens=s.max_batch_tokens,
             item_rows=handler.item_rows,
@@ -231,11 +256,10 @@ class Registry:
     async def load(self, name: str) -> list[ModelEntry]:
         check_model_name(name)
         async with self._lock:
-            versions = self.scan().get(name) if (self.settings.model_store / name).is_dir() else None
+            versions = self.scan().get(name)
             if not versions:
-                raise ModelNotFoundError(
-                    f"model {name!r} is not in the model store {self.settings.model_store}"
-                )
+                stores = ", ".join(str(p) for p in self.stores)
+                raise ModelNotFoundError(f"model {name!r} is not in the model store ({stores})")
             if name in self._models:
                 await self._stop_model(name)
             self._models[name] = {v: ModelEntry(name, v) for v in versions}

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEEPSERVE_", extra="ignore")
 
     model_store: Path = Field(default=Path("model_store"), description="the model store to serve")
+    # More stores served beside it (`deepserve serve SOURCE` puts the sources it imports in one); a
+    # name in two stores is served from the first that holds it.
+    extra_model_stores: list[Path] = Field(default_factory=list, description="more stores to serve")
     host: str = Field(default="127.0.0.1", description="bind address; set 0.0.0.0 to serve other hosts")
     http_port: int = Field(default=8000, ge=0, le=65535)
     grpc_port: int = Field(default=8001, ge=0, le=65535, description="0 disables the gRPC server")

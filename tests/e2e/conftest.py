@@ -61,12 +61,13 @@ def _tiny_gpt(root: Path, ctx: int = 32, layers: int = 2, heads: int = 2, head_d
     write_gpt_version(gpt.eval(), root / "tiny-gpt" / "1", name="tiny-gpt")
 
 
-def start_server(store: Path, log: Path, **env: str) -> Server:
+def start_server(store: Path, log: Path, *, args: tuple[str, ...] = (), **env: str) -> Server:
+    """``args``: more command-line arguments (e.g. sources to serve beside the store)."""
     http_port, grpc_port = free_port(), free_port()
     environ = {**os.environ, "DEEPSERVE_DRAIN_TIMEOUT_S": "10", **env}
     cmd = [sys.executable, "-m", "deepserve.service", "--store", str(store), "--host", "127.0.0.1",
            "--log-level", "warning",
-           "--http-port", str(http_port), "--grpc-port", str(grpc_port)]  # fmt: skip
+           "--http-port", str(http_port), "--grpc-port", str(grpc_port), *args]  # fmt: skip
     with log.open("wb") as sink:
         process = subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=sink, stderr=subprocess.STDOUT)
     server = Server(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", store, process, log)

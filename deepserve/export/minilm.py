@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from deepserve.export.onnx_graph import ort_session, write_onnx
 from deepserve.export.parity import THRESHOLDS, Arrays, measure, ort_runner
 from deepserve.export.precision import write_fp16_onnx, write_int8_onnx
 from deepserve.export.variants import VariantResult, write_parity
 from deepserve.export.version_dir import resolve_version, staged_version
+from deepserve.imports.hf_modules import PooledEncoder, Pooling
 from deepserve.store import ModelSpec, TensorSpec, TextPreprocessing
 
 NAME = "minilm"
@@ -51,21 +51,6 @@ SENTENCES = [
     "Dynamic batching groups concurrent requests so the accelerator stays busy, which raises "
     "throughput at a small cost in latency for each individual request.",
 ]
-
-
-class MeanPooledEncoder(nn.Module):
-    """BertModel + attention-masked mean pooling + L2 norm: sentence-transformers' pipeline as one graph."""
-
-    def __init__(self, bert: nn.Module) -> None:
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        summed = (hidden * mask).sum(1)  # (B, D)
-        mean = summed / mask.sum(1).clamp(min=1e-9)
-        return nn.functional.normalize(mean, p=2.0, dim=1)
 
 
 def _load_sentence_transformer() -> Any:
@@ -114,7 +99,8 @@ def _reference(st: Any, tokenizer: Any) -> tuple[list[Arrays], Any]:
 
 
 def _export_variants(st: Any, tmp: Path, batches: list[Arrays], reference: Any) -> list[VariantResult]:
-    wrapper = MeanPooledEncoder(st[0].auto_model.float().eval()).eval()
+    # BertModel -> masked mean pooling -> L2 norm: the folder's modules.json pipeline as one graph
+    wrapper = PooledEncoder(st[0].auto_model.float().eval(), Pooling("mean", normalize=True)).eval()
     example = (torch.randint(1000, 2000, (2, 16)), torch.ones(2, 16, dtype=torch.int64))
     batch, seq = torch.export.Dim("batch", max=1024), torch.export.Dim("sequence", max=MAX_LENGTH)
     dims = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}

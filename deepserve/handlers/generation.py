@@ -1,4 +1,8 @@
-"""Text generation over the explicit-KV-cache GPT graph: byte tokenizer, one cached step, sampling.
+"""Text generation over an explicit-KV-cache step graph: tokenizer, one cached step, sampling.
+
+The tokenizer is the zoo GPTs' UTF-8 bytes or a tokenizers-library tokenizer.json (an imported
+Hugging Face causal LM: GPT-2's byte-level BPE, ...); the model's end-of-text id and context window
+come from model.json ``generation``.
 
 The graph (model_store/README.md, graph conventions) is one call for prefill and decode::
 
@@ -29,6 +33,7 @@ from deepserve.handlers.base import (
     Tensors,
 )
 from deepserve.handlers.runtime import Runtime, open_eager, open_runtime, select_variant
+from deepserve.handlers.tokenizer import BytesTokenizer, TextStream, TokenizersTokenizer, tokenizer_path
 from deepserve.store import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing
 
 # Per-request parameters a KServe v2 / TorchServe client may pass (request "parameters").
@@ -77,7 +82,8 @@ def sample(
 
 
 class TextGenerationHandler(Handler):
-    """task "text-generation": a GPT exported with the explicit KV cache, byte tokenizer."""
+    """task "text-generation": a causal LM exported with the explicit KV cache (a zoo GPT, byte tokenizer;
+    an imported Hugging Face causal LM, its tokenizer.json)."""
 
     def __init__(
         self,
@@ -97,8 +103,10 @@ class TextGenerationHandler(Handler):
         gen, pre = spec.generation, spec.preprocessing
         if gen is None or None in (gen.n_layer, gen.n_head, gen.head_dim):
             raise ModelLoadError(f"{spec.name}: model.json lacks generation cache geometry; re-export")
-        if not isinstance(pre, TextPreprocessing) or pre.tokenizer != "bytes":
-            raise ModelLoadError(f"{spec.name}: text generation needs the 'bytes' tokenizer in model.json")
+        if not isinstance(pre, TextPreprocessing):
+            raise ModelLoadError(f"{spec.name}: text generation needs text preprocessing (a tokenizer) in "
+                                 "model.json; re-export")  # fmt: skip
+        self.tokenizer = _generation_tokenizer(spec, pre, version_dir)
         self.defaults: GenerationDefaults = gen
         self.context_length = gen.context_length or pre.max_length
         self.vocab_size = pre.vocab_size
@@ -106,9 +114,12 @@ class TextGenerationHandler(Handler):
         self._geometry = (int(gen.n_layer or 0), int(gen.n_head or 0), int(gen.head_dim or 0))
 
     @classmethod
-    def with_runtime(cls, spec: ModelSpec, runtime: Runtime) -> TextGenerationHandler:
-        """A handler over an already opened runtime (tests, benchmarks); ``load`` is then a no-op."""
-        handler = cls(spec)
+    def with_runtime(
+        cls, spec: ModelSpec, runtime: Runtime, version_dir: Path | None = None
+    ) -> TextGenerationHandler:
+        """A handler over an already opened runtime (tests, benchmarks); ``load`` is then a no-op.
+        ``version_dir``: where its tokenizer.json is (not needed for the bytes tokenizer)."""
+        handler = cls(spec, version_dir)
         handler.runtime = runtime
         return handler
 
@@ -150,19 +161,24 @@ class TextGenerationHandler(Handler):
 
     # -- tokenizer -------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        return self.tokenizer.encode(text)
 
     def decode(self, ids: list[int]) -> str:
-        return bytes(ids).decode("utf-8", errors="replace")
+        return self.tokenizer.decode(ids)
+
+    def text_stream(self) -> TextStream:
+        """A fresh token -> text decoder for one generated sequence (never emits half a character)."""
+        return self.tokenizer.text_stream()
 
     def check_prompt(self, ids: list[int]) -> None:
         """Raise InvalidInputError for an empty prompt or one longer than the context window."""
         if not ids:
             raise InvalidInputError("the prompt is empty; send at least one character")
         if len(ids) > self.context_length:
+            unit = "tokens (UTF-8 bytes)" if isinstance(self.tokenizer, BytesTokenizer) else "tokens"
             raise InvalidInputError(
-                f"the prompt is {len(ids)} tokens (UTF-8 bytes) but {self.spec.name}'s context window is "
-                f"{self.context_length}; shorten the prompt to at most {self.context_length} bytes"
+                f"the prompt is {len(ids)} {unit} but {self.spec.name}'s context window is "
+                f"{self.context_length} tokens; shorten the prompt"
             )
 
     # -- the model -------------------------------------------------------------------------------
@@ -246,6 +262,17 @@ class TextGenerationHandler(Handler):
             return {"text_output": outputs["text_output"]}
         texts = [_text(t) for t in outputs["text_output"].ravel()]
         return texts[0] if len(texts) == 1 else texts
+
+
+def _generation_tokenizer(
+    spec: ModelSpec, pre: TextPreprocessing, version_dir: Path | None
+) -> BytesTokenizer | TokenizersTokenizer:
+    """No truncation: a prompt longer than the context window is refused (check_prompt), not cut."""
+    if pre.tokenizer == "bytes":
+        return BytesTokenizer(None)
+    if version_dir is None:
+        raise ModelLoadError(f"{spec.name}: its {pre.tokenizer} tokenizer is a file; pass the version dir")
+    return TokenizersTokenizer(tokenizer_path(version_dir, pre), None)
 
 
 def _sampling_params(parameters: dict[str, Any]) -> Tensors:

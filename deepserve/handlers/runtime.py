@@ -1,15 +1,16 @@
 """Which file of a model-store version runs, and the one call every backend answers.
 
     variant = select_variant(spec, device="cpu")             # fp32 ONNX on CPU by default
-    runtime = open_runtime(version_dir, variant, threads=2)  # ONNX Runtime / TorchScript / torch.export
+    runtime = open_runtime(version_dir, variant, threads=2)  # ONNX Runtime / TorchScript / torch.export / HF
     outputs = runtime.run({"pixels": x})                     # numpy in, numpy out, names per model.json
 
 Selection rules (``select_variant``):
 - only variants whose parity passed (``usable``) and whose file exists are candidates;
 - precision: the override if given, else fp16 then fp32 on CUDA, fp32 on CPU (fp16 gives no CPU
   speed-up, export-feasibility section 4); int8 / bf16 only on request;
-- format: the override if given, else ONNX first, then torch.export (.pt2), then TorchScript (.pt);
-  on CUDA, ONNX only when ONNX Runtime offers a GPU execution provider;
+- format: the override if given, else ONNX first, then torch.export (.pt2), then TorchScript (.pt),
+  then a Hugging Face folder run by transformers (``deepserve import --runtime torch``); on CUDA,
+  ONNX only when ONNX Runtime offers a GPU execution provider;
 - only formats whose backend is installed: a serving install (``deepserve[serve]`` / ``[gpu]``) has
   ONNX Runtime and no torch, so a model with only torch files fails with the command that fixes it.
 
@@ -31,11 +32,12 @@ import numpy as np
 from deepserve.handlers.base import ModelLoadError
 from deepserve.store import ModelSpec, Precision, Variant
 
-RuntimeName = Literal["onnx", "torchscript", "pt2", "eager"]
-Format = Literal["onnx", "torchscript", "pt2"]
-_FORMAT_ORDER: tuple[Format, ...] = ("onnx", "pt2", "torchscript")
+RuntimeName = Literal["onnx", "torchscript", "pt2", "transformers", "eager"]
+Format = Literal["onnx", "torchscript", "pt2", "transformers"]
+_FORMAT_ORDER: tuple[Format, ...] = ("onnx", "pt2", "torchscript", "transformers")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 TORCH_HINT = "install torch: pip install 'deepserve[train]'"
+TRANSFORMERS_HINT = "install torch and transformers: pip install 'deepserve[train]' transformers"
 ORT_HINT = "install ONNX Runtime: pip install 'deepserve[serve]' (CPU) or 'deepserve[gpu]' (CUDA), not both"
 
 
@@ -69,6 +71,10 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def transformers_available() -> bool:
+    return torch_available() and importlib.util.find_spec("transformers") is not None
+
+
 def ort_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
@@ -83,7 +89,7 @@ def ort_gpu_available() -> bool:
 
 def _candidates(spec: ModelSpec, version_dir: Path | None) -> list[Variant]:
     def exists(v: Variant) -> bool:
-        return version_dir is None or (version_dir / v.file).is_file()
+        return version_dir is None or _file_exists(version_dir / v.file, v.format)
 
     return [v for v in spec.variants if v.usable and exists(v)]
 
@@ -101,15 +107,24 @@ def _formats(device: str, runtime: str | None) -> list[Format]:
     if runtime is not None:
         chosen = [f for f in _FORMAT_ORDER if f == runtime]
         if not chosen:
-            raise ModelLoadError(f"unknown runtime {runtime!r}; choose one of onnx, pt2, torchscript, eager")
+            raise ModelLoadError(
+                f"unknown runtime {runtime!r}; choose one of onnx, pt2, torchscript, transformers, eager"
+            )
         return chosen
     if is_cuda(device) and not ort_gpu_available():
-        return ["pt2", "torchscript"]  # this ONNX Runtime cannot use the GPU: torch files only
+        return ["pt2", "torchscript", "transformers"]  # this ONNX Runtime cannot use the GPU: torch only
     return list(_FORMAT_ORDER)
 
 
 def _installed(fmt: str) -> bool:
-    return ort_available() if fmt == "onnx" else torch_available()
+    if fmt == "onnx":
+        return ort_available()
+    return transformers_available() if fmt == "transformers" else torch_available()
+
+
+def _file_exists(path: Path, fmt: str) -> bool:
+    """A "transformers" variant is a folder (config.json + weights + tokenizer files)."""
+    return path.is_dir() if fmt == "transformers" else path.is_file()
 
 
 def _pick(candidates: list[Variant], precisions: list[Precision], formats: list[Format]) -> Variant | None:
@@ -131,6 +146,8 @@ def missing_backend(spec: ModelSpec, variant: Variant, *, onnx_elsewhere: bool =
     model = f"model {spec.name} v{spec.version}"
     if variant.format == "onnx":
         return f"{model} needs ONNX Runtime for {variant.file}; {ORT_HINT}"
+    if variant.format == "transformers":
+        return f"{model} is a Hugging Face folder ({variant.file}/) run by transformers; {TRANSFORMERS_HINT}"
     if onnx_elsewhere:
         return (
             f"{model} needs torch for {variant.file} here ({TORCH_HINT}); its ONNX variants need "
@@ -180,7 +197,7 @@ def open_runtime(
 ) -> Runtime:
     """Load ``variant``'s file with its backend; ``threads`` = cores this model may use."""
     path = version_dir / variant.file
-    if not path.is_file():
+    if not _file_exists(path, variant.format):
         raise ModelLoadError(f"{path} is missing; re-export the model or pick another variant")
     if not _installed(variant.format):
         raise ModelLoadError(missing_backend(ModelSpec.read(version_dir), variant))
@@ -194,11 +211,14 @@ def open_runtime(
             )
         n_threads = threads or default_threads()
         return OrtRuntime(path, variant, device=device, threads=n_threads, spinning=spinning)
-    from deepserve.handlers.torch_runtime import load_torch_runtime
-
     if is_cuda(device):
         _require_cuda(device)
     spec = ModelSpec.read(version_dir)
+    if variant.format == "transformers":
+        from deepserve.handlers.hf_runtime import load_hf_runtime
+
+        return load_hf_runtime(path, variant, spec, device=device, threads=threads)
+    from deepserve.handlers.torch_runtime import load_torch_runtime
 
     return load_torch_runtime(path, variant, spec, device=device, threads=threads)
 

@@ -23,7 +23,6 @@ took 18% longer than 16 single prefills, and would hold every first token until 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import logging
 import queue
@@ -37,6 +36,7 @@ import numpy as np
 
 from deepserve.handlers.base import InvalidInputError
 from deepserve.handlers.generation import TextGenerationHandler, sample
+from deepserve.handlers.tokenizer import ByteStream, TextStream
 from deepserve.service.errors import (
     InvalidRequestError,
     ModelNotReadyError,
@@ -83,16 +83,17 @@ class GenerationChunk:
 
 
 class _TextStream:
-    """Token bytes -> text safe to show: never half a UTF-8 character, never the start of a stop string."""
+    """Tokens -> text safe to show: never half a character (the model's tokenizer stream holds partial
+    ones back), never the start of a stop string."""
 
-    def __init__(self, stop: tuple[str, ...]) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    def __init__(self, stop: tuple[str, ...], decoder: TextStream | None = None) -> None:
+        self._decoder = decoder if decoder is not None else ByteStream()
         self._stop = tuple(s for s in stop if s)
         self._held = ""
 
     def push(self, token: int) -> tuple[str, bool]:
         """Text now safe to emit, and whether a stop string ended the choice (its text is dropped)."""
-        self._held += self._decoder.decode(bytes((token,)))
+        self._held += self._decoder.push(token)
         if not self._stop:
             text, self._held = self._held, ""
             return text, False
@@ -113,7 +114,7 @@ class _TextStream:
         return 0
 
     def flush(self) -> str:
-        text, self._held = self._held + self._decoder.decode(b"", final=True), ""
+        text, self._held = self._held + self._decoder.flush(), ""
         return text
 
 
@@ -335,7 +336,7 @@ class GenerationEngine:
         self._m["prompt_tokens"].inc(t)
         seeds = [None if params.seed is None else [params.seed, i] for i in range(params.n)]
         seqs = [
-            _Sequence(request, i, np.random.default_rng(seed), _TextStream(params.stop), length=t)
+            _Sequence(request, i, np.random.default_rng(seed), self._text_stream(params), length=t)
             for i, seed in enumerate(seeds)
         ]
         self._sample_and_emit(seqs, np.repeat(logits[:, -1], params.n, axis=0), out)
@@ -343,6 +344,10 @@ class GenerationEngine:
         if alive:
             self._cache.add(key, value, len(alive))
             self._rows.extend(alive)
+
+    def _text_stream(self, params: SamplingParams) -> _TextStream:
+        """The model's own token -> text decoder (bytes, or its tokenizer's) with the stop strings."""
+        return _TextStream(params.stop, self.handler.text_stream())
 
     def _decode(self, out: Outbox) -> None:
         rows, cache = self._rows, self._cache

@@ -19,7 +19,7 @@ class ModelOverride(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     precision: Literal["fp32", "fp16", "bf16", "int8"] | None = None
-    runtime: Literal["onnx", "torchscript", "pt2", "eager"] | None = None
+    runtime: Literal["onnx", "torchscript", "pt2", "transformers", "eager"] | None = None
     max_batch_size: int | None = Field(default=None, ge=1)
     max_queue_delay_ms: float | None = Field(default=None, ge=0)
     max_queue_size: int | None = Field(default=None, ge=1)

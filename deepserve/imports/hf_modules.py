@@ -1,0 +1,209 @@
+"""The torch modules a Hugging Face folder is served as: one signature for the ONNX export and for
+``--runtime torch`` (transformers itself), so the same handlers serve both.
+
+    classification   SequenceLogits(input_ids, attention_mask)             -> logits (B, K)
+    embedding        PooledEncoder(input_ids, attention_mask)              -> sentence_embedding (B, D)
+    text-generation  CausalLMStep(input_ids, position_ids, attention_mask,
+                                  past_key, past_value)                    -> logits (B, T, V),
+                                                                              present_key, present_value
+
+``CausalLMStep`` is the generation handler's step contract (handlers/generation.py): the KV cache
+travels as two stacked tensors (L, B, H, P, Dh) and becomes transformers' cache object inside.
+Pooling follows a sentence-transformers folder (modules.json + its Pooling config, a Normalize
+module); a plain encoder folder gets masked mean pooling without normalisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+POOLING_MODES = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+}
+_ST_SUPPORTED = {"Transformer", "Pooling", "Normalize"}
+# transformers resolves its classes lazily, and that is not thread-safe: two models loading at once (the
+# server loads its store in threads) saw "module 'transformers' has no attribute 'AutoModel...'".
+_LOADING = threading.Lock()
+
+
+class FolderError(ValueError):
+    """The folder holds something these modules cannot serve; the message says what and what to do."""
+
+
+@dataclass(frozen=True)
+class Pooling:
+    mode: str = "mean"  # one of POOLING_MODES' values
+    normalize: bool = False  # L2-normalise the pooled vector (sentence-transformers' Normalize module)
+    transformer_path: str = ""  # where the transformer's files are, relative to the folder
+
+
+def read_pooling(folder: Path) -> Pooling:
+    """The folder's sentence-transformers pipeline (modules.json), or mean pooling when it has none."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return Pooling()
+    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    kinds = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
+    unsupported = sorted(set(kinds) - _ST_SUPPORTED)
+    if unsupported:
+        raise FolderError(
+            f"modules.json has sentence-transformers module(s) {unsupported} deepserve cannot serve (it "
+            "serves Transformer + Pooling + Normalize); export the model to ONNX and import the .onnx file"
+        )
+    mode = "mean"
+    if "Pooling" in kinds:
+        config = json.loads((folder / kinds["Pooling"]["path"] / "config.json").read_text(encoding="utf-8"))
+        chosen = [name for key, name in POOLING_MODES.items() if config.get(key)]
+        others = [
+            k for k, v in config.items() if k.startswith("pooling_mode") and v and k not in POOLING_MODES
+        ]
+        if len(chosen) != 1 or others:
+            raise FolderError(
+                f"the Pooling config {sorted(k for k, v in config.items() if v is True)} is not one of "
+                f"{sorted(POOLING_MODES)}; deepserve serves exactly one of those pooling modes"
+            )
+        mode = chosen[0]
+    path = kinds["Transformer"].get("path", "") if "Transformer" in kinds else ""
+    return Pooling(mode=mode, normalize="Normalize" in kinds, transformer_path=path)
+
+
+class PooledEncoder(nn.Module):
+    """An encoder (BertModel, ...) + attention-masked pooling (+ L2 norm): a sentence-transformers
+    pipeline as one graph."""
+
+    def __init__(self, encoder: nn.Module, pooling: Pooling) -> None:
+        super().__init__()
+        self.encoder, self.mode, self.normalize = encoder, pooling.mode, pooling.normalize
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state  # (B, T, D)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        if self.mode == "cls":
+            pooled = hidden[:, 0]  # (B, D)
+        elif self.mode == "max":
+            pooled = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(1).values
+        else:
+            summed, count = (hidden * mask).sum(1), mask.sum(1).clamp(min=1e-9)  # (B, D), (B, 1)
+            pooled = summed / (count.sqrt() if self.mode == "mean_sqrt_len" else count)
+        return nn.functional.normalize(pooled, p=2.0, dim=1) if self.normalize else pooled
+
+
+class SequenceLogits(nn.Module):
+    """A ForSequenceClassification model with the classifier's logits as its only output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, K)
+        return logits
+
+
+class CausalLMStep(nn.Module):
+    """One cached forward of a causal LM with the cache as stacked tensors (L, B, H, P, Dh)."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        from transformers import DynamicCache  # resolved once, here: see _LOADING
+
+        super().__init__()
+        self.lm: Any = lm
+        self._cache_type = DynamicCache
+        # transformers 5.x names the cache argument ``cache`` (``past_key_values`` is deprecated)
+        self._cache_arg = (
+            "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        position_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor,  # (B, P+T)
+        past_key: torch.Tensor,  # (L, B, H, P, Dh)
+        past_value: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        layers = [(past_key[i], past_value[i]) for i in range(past_key.shape[0])]
+        cache = self._cache_type(layers, config=self.lm.config)
+        out = self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                      use_cache=True, **{self._cache_arg: cache})  # fmt: skip
+        present = out.cache if self._cache_arg == "cache" else out.past_key_values
+        keys = torch.stack([layer.keys for layer in present.layers])  # (L, B, H, P+T, Dh)
+        values = torch.stack([layer.values for layer in present.layers])
+        return out.logits, keys, values
+
+
+def cache_geometry(config: Any) -> tuple[int, int, int]:
+    """(layers, key/value heads, head dim) of a causal LM's KV cache."""
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return int(config.num_hidden_layers), kv_heads, head_dim
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[Any]:
+    """Offline (never a download), one load at a time, without the weight-loading progress bar and load
+    report (missing weights are checked by ``load_module``); yields ``transformers``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    with _LOADING:
+        import transformers
+        from transformers.utils import logging as hf_logging
+
+        bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        try:
+            yield transformers
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+
+
+def load_module(folder: Path, task: str) -> nn.Module:
+    """The folder's model with transformers (local files only, fp32, eval) wrapped for ``task``.
+
+    Raises FolderError when the weights do not cover the model (transformers would silently start
+    the missing layers, e.g. a classifier head, from random values).
+    """
+    pooling = read_pooling(folder) if task == "embedding" else Pooling()
+    with quiet_transformers() as transformers:
+        auto = {
+            "classification": transformers.AutoModelForSequenceClassification,
+            "text-generation": transformers.AutoModelForCausalLM,
+        }.get(task, transformers.AutoModel)
+        model, info = auto.from_pretrained(
+            folder / pooling.transformer_path, local_files_only=True, dtype=torch.float32,
+            output_loading_info=True,
+        )  # fmt: skip
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise FolderError(
+            f"the weights in {folder} lack {len(missing)} tensor(s) the {task} model needs ({shown}); save "
+            "the trained model with save_pretrained, or pick the --task its weights were trained for"
+        )
+    model = model.eval()
+    if task == "classification":
+        return SequenceLogits(model).eval()
+    if task == "text-generation":
+        with _LOADING:
+            return CausalLMStep(model).eval()
+    return PooledEncoder(model, pooling).eval()

@@ -167,14 +167,14 @@ def quiet_transformers() -> Iterator[Any]:
         from transformers.utils import logging as hf_logging
 
         bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
         try:
             yield transformers
         finally:
             hf_logging.set_verbosity(verbosity)
             if bars:
-                hf_logging.enable_progress_bar()
+                hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def load_module(folder: Path, task: str) -> nn.Module:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from deepserve.export.errors import ExportError
 from deepserve.training.checkpoint import CheckpointError
+from deepserve.version_dir import VersionExistsError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         written = export_checkpoint(
             args.checkpoint, args.store, name=args.name, version=args.version, force=args.force, mar=args.mar
         )
-    except (CheckpointError, ExportError) as exc:
+    except (CheckpointError, ExportError, VersionExistsError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"deepserve export: error: {first}", file=sys.stderr)  # torch's load errors run to many lines
         return 1

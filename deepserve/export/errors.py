@@ -7,10 +7,6 @@ class ExportError(RuntimeError):
     """Base of everything the export step raises on purpose."""
 
 
-class VersionExistsError(ExportError):
-    """The target version directory already exists (pass ``--force`` to replace it)."""
-
-
 class UnknownModelError(ExportError):
     """The checkpoint names a model or task the exporter has no serving wrapper for."""
 

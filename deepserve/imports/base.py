@@ -17,9 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deepserve.export.errors import ExportError
-from deepserve.export.version_dir import resolve_version, staged_version
 from deepserve.store import ModelSpec, Task, is_plain_model_name
+from deepserve.version_dir import VersionExistsError, resolve_version, staged_version
 
 TASKS: tuple[Task, ...] = ("classification", "regression", "embedding", "raw")
 
@@ -97,7 +96,7 @@ def new_version(opts: ImportOptions) -> Iterator[tuple[Path, int]]:
     assert opts.name is not None, "call ImportOptions.named() first"
     try:
         version = resolve_version(opts.store / opts.name, opts.version, force=opts.force)
-    except ExportError as exc:
+    except VersionExistsError as exc:
         raise SourceError(str(exc)) from exc
     with staged_version(opts.store, opts.name, version) as tmp:
         yield tmp, version

@@ -11,10 +11,11 @@ import torch
 
 import deepserve.export.exporter as exporter
 from deepserve.export.__main__ import main
-from deepserve.export.errors import ExportError, ParityError, UnknownModelError, VersionExistsError
+from deepserve.export.errors import ExportError, ParityError, UnknownModelError
 from deepserve.export.writers import Step
 from deepserve.store import ModelSpec
 from deepserve.training.checkpoint import CheckpointError
+from deepserve.version_dir import VersionExistsError
 from tests.export.cases import ExportCase, case, write_checkpoint
 
 

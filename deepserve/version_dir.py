@@ -2,7 +2,8 @@
 
 A version is built in a hidden temporary directory beside its final place and renamed into
 ``<store>/<name>/<version>`` only when complete, so the server never sees a half-written
-version and a failed export leaves nothing behind.
+version and a failed export or import leaves nothing behind. Shared by ``deepserve export``
+and ``deepserve import`` (which a serving-only install runs too, so nothing here needs torch).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from deepserve.export.errors import VersionExistsError
+
+class VersionExistsError(ValueError):
+    """The target version directory already exists (pass ``--force`` to replace it)."""
 
 
 def versions(model_dir: Path) -> list[int]:

@@ -167,7 +167,15 @@ class ModelSpec(_Strict):
     # Written only when set, so the files of built-in models stay as they were.
     handler: HandlerRef | None = Field(default=None, exclude_if=lambda v: v is None,
                                        description="user code that serves it (imports)")  # fmt: skip
+    # What `deepserve import` made it from (graph_file, hf, triton, mar, custom); None: our exporter.
+    # An imported version has no checkpoint of ours to rebuild from, and no preprocessing of ours.
+    imported_from: str | None = Field(default=None, exclude_if=lambda v: v is None)
     batching: BatchingSpec | None = Field(default=None, exclude_if=lambda v: v is None)
+
+    @property
+    def rebuildable(self) -> bool:
+        """Whether the eager runtime can rebuild it from a training checkpoint (model.json ``source``)."""
+        return self.imported_from is None and bool(self.source)
 
     @property
     def batched(self) -> bool:

@@ -124,7 +124,8 @@ def codec_for(spec: ModelSpec, version_dir: Path) -> InputCodec:
     from deepserve.handlers.text import TextCodec
 
     pre, inputs = spec.preprocessing, list(spec.inputs)
-    names = [t.name for t in inputs]
+    # an imported graph's input names are the user's: only our own stores are told apart by them
+    names = [t.name for t in inputs] if spec.imported_from is None else []
     if isinstance(pre, ImagePreprocessing):
         return ImageCodec(inputs, pre)
     if isinstance(pre, TextPreprocessing):
@@ -134,5 +135,10 @@ def codec_for(spec: ModelSpec, version_dir: Path) -> InputCodec:
         return LatentCodec(inputs, dim, max_n=spec.max_batch_size)
     if isinstance(pre, TabularPreprocessing) or names == ["features"]:
         return TabularCodec(inputs, pre if isinstance(pre, TabularPreprocessing) else None)
-    raise ModelLoadError(f"{spec.name}: cannot tell how to decode inputs {names} (preprocessing: "
-                         f"{pre.kind if pre else 'none'}); fix model.json")  # fmt: skip
+    # No preprocessing of ours (an imported graph): the graph's own tensors, by name.
+    if spec.imported_from is None:
+        raise ModelLoadError(f"{spec.name}: cannot tell how to decode inputs {[t.name for t in inputs]} "
+                             "(no preprocessing in model.json); fix model.json or re-export")  # fmt: skip
+    from deepserve.handlers.tensor_codec import TensorCodec
+
+    return TensorCodec(inputs, batched=spec.batched)

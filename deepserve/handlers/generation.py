@@ -145,6 +145,8 @@ class TextGenerationHandler(Handler):
                 version_dir=self.version_dir,
             )  # fmt: skip
         except ModelLoadError as exc:  # no usable exported file: rebuild from the checkpoint if there is one
+            if not self.spec.rebuildable:
+                raise
             try:
                 self.runtime = open_eager(self.version_dir, device=self.device, threads=self.threads)
             except ModelLoadError:

@@ -111,7 +111,7 @@ class GraphHandler(Handler):
 
     def _eager_fallback(self, exc: ModelLoadError) -> Runtime:
         """No variant can serve: rebuild from the source checkpoint, unless an override asked otherwise."""
-        if not self.spec.source or self.runtime_name is not None or self.precision is not None:
+        if not self.spec.rebuildable or self.runtime_name is not None or self.precision is not None:
             raise exc
         if not runtimes.torch_available():  # eager needs torch too: the variant says what to install
             raise exc
@@ -129,6 +129,8 @@ class GraphHandler(Handler):
     def predict_batch(self, items: list[Tensors]) -> list[Tensors]:
         if not items:
             return []
+        if not self.spec.batched:  # no batch axis: each item is the graph's whole input, run alone
+            return [self.run_whole(item) for item in items]
         rows = [self.item_rows(item) for item in items]
         outputs = self.runtime.run(concat_items(items, self.codec.pad_values))
         outputs = {**outputs, **self.derive(outputs)}
@@ -137,6 +139,10 @@ class GraphHandler(Handler):
             raise BatchSizeMismatchError(f"{self.spec.name}: outputs do not match the {sum(rows)} input rows")
         return parts
 
+    def run_whole(self, item: Tensors) -> Tensors:
+        outputs = self.runtime.run(item)
+        return {**outputs, **self.derive(outputs)}
+
     def postprocess(self, outputs: Tensors, request: Request) -> Any:
         outputs = self.transform(outputs, request.parameters)
         if isinstance(request, TensorRequest):
@@ -144,9 +150,15 @@ class GraphHandler(Handler):
         return self.answer(outputs, request.parameters)
 
     # -- hooks for the task handlers -------------------------------------------------------------
+    def item_rows(self, item: Tensors) -> int:
+        # Without a batch axis a request's tensors are one whole run, whatever their first dimension.
+        return super().item_rows(item) if self.spec.batched else 1
+
     def item_cost(self, item: Tensors) -> int:
         ids = item.get("input_ids")
-        return int(ids.shape[0] * ids.shape[1]) if ids is not None else self.item_rows(item)
+        if ids is None or ids.ndim < 2:
+            return self.item_rows(item)
+        return int(ids.shape[0] * ids.shape[1])
 
     def derive(self, outputs: Tensors) -> Tensors:
         return {}

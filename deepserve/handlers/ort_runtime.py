@@ -91,10 +91,8 @@ class OrtRuntime(Runtime):
 
     def _cast(self, name: str, array: np.ndarray) -> np.ndarray:
         """fp32 IO files (keep_io_types) take float32; native fp16 files take float16."""
-        want = self._input_dtypes.get(name)
-        if want is None or array.dtype == want:
-            return np.ascontiguousarray(array)
-        return np.ascontiguousarray(array, dtype=want)
+        want = self._input_dtypes.get(name)  # np.require, not ascontiguousarray: a 0-d feed stays 0-d
+        return np.require(array, dtype=want if want is not None else array.dtype, requirements="C")
 
     def describe(self) -> str:
         return (

@@ -7,7 +7,8 @@
 Selection rules (``select_variant``):
 - only variants whose parity passed (``usable``) and whose file exists are candidates;
 - precision: the override if given, else fp16 then fp32 on CUDA, fp32 on CPU (fp16 gives no CPU
-  speed-up, export-feasibility section 4); int8 / bf16 only on request;
+  speed-up, export-feasibility section 4); int8 / bf16 only on request, or when a version has
+  nothing else (an imported fp16 graph);
 - format: the override if given, else ONNX first, then torch.export (.pt2), then TorchScript (.pt),
   then a Hugging Face folder run by transformers (``deepserve import --runtime torch``); on CUDA,
   ONNX only when ONNX Runtime offers a GPU execution provider;
@@ -170,7 +171,10 @@ def select_variant(
     """
     candidates = _candidates(spec, version_dir)
     precisions, formats = _precisions(device, precision), _formats(device, runtime)
-    found = _pick(candidates, precisions, [f for f in formats if _installed(f)])
+    installed = [f for f in formats if _installed(f)]
+    found = _pick(candidates, precisions, installed)
+    if found is None and precision is None:  # e.g. an imported fp16-only graph on CPU: it is what there is
+        found = _pick(candidates, ["fp32", "fp16", "bf16", "int8"], installed)
     if found is not None:
         return found
     needs = _pick(candidates, precisions, formats)  # what would serve, were its backend installed

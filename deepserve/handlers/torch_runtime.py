@@ -79,13 +79,15 @@ class TorchRuntime(Runtime):
         args = [self._tensor(feeds[n], dtype) for n in self.input_names]
         with torch.inference_mode():
             result = self.module(*args)
+        if isinstance(result, dict):  # an imported program returning named tensors (its outputs' names)
+            result = tuple(result[name] for name in self.output_names)
         outs = result if isinstance(result, tuple | list) else (result,)
         if len(outs) != len(self.output_names):
             raise ValueError(f"{self.file} gave {len(outs)} outputs, model.json: {self.output_names}")
         return {name: _to_numpy(t) for name, t in zip(self.output_names, outs, strict=True)}
 
     def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(array))
+        t = torch.from_numpy(np.require(array, requirements="C"))  # keeps a 0-d array 0-d
         if t.is_floating_point():
             t = t.to(dtype)
         return t.to(self.device)

@@ -21,6 +21,7 @@ raises ``SourceError`` with a one-line message for anything it cannot serve.
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from pathlib import Path
 
 from deepserve.imports.base import ImportOptions, SourceError
@@ -93,5 +94,6 @@ def import_source(source: Path, opts: ImportOptions) -> list[Path]:
     kind, source = resolve(Path(source), opts)
     module_name, function = IMPORTERS[kind].split(":")
     importer = getattr(importlib.import_module(module_name), function)
-    written: list[Path] = importer(source, opts)
+    # a store version keeps its own origin (None when our exporter made it)
+    written: list[Path] = importer(source, replace(opts, kind=None if kind == "version" else kind))
     return written

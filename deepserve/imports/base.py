@@ -38,6 +38,7 @@ class ImportOptions:
     runtime: str | None = None  # "onnx" (convert where needed) or "torch" (serve the torch model)
     force: bool = False  # replace an existing --version
     link: bool = False  # symlink big files instead of copying them (`deepserve serve SOURCE`)
+    kind: str | None = None  # the importer (set by import_source): model.json ``imported_from``
 
     def named(self, default: str) -> ImportOptions:
         """These options with ``name`` filled in from the source when the user gave none."""
@@ -107,6 +108,8 @@ def write_version(opts: ImportOptions, fill: Callable[[Path, int], ModelSpec]) -
     validate that spec and write model.json. Returns the final version directory."""
     with new_version(opts) as (tmp, version):
         spec = fill(tmp, version)
+        if opts.kind is not None and spec.imported_from is None:
+            spec = spec.model_copy(update={"imported_from": opts.kind})
         for variant in spec.variants:
             if not (tmp / variant.file).exists():
                 raise SourceError(f"internal: variant file {variant.file} was not written")

@@ -90,7 +90,7 @@ class DynamicBatcher:
         self._predict_batch = predict_batch
         self.model = model
         self.max_batch_size = max_batch_size
-        self._max_delay = max_delay
+        self.max_delay = max_delay
         self._preferred = sorted(s for s in (preferred_sizes or []) if s <= max_batch_size)
         self._wait_target = self._preferred[-1] if self._preferred else max_batch_size
         self.max_queue = max_queue
@@ -117,6 +117,10 @@ class DynamicBatcher:
         self._m_batch = metrics.batch_size.labels(model) if metrics else None
         self._m_depth = metrics.queue_depth.labels(model) if metrics else None
         self._executions = 0
+
+    @property
+    def preferred_sizes(self) -> list[int]:
+        return list(self._preferred)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -205,9 +209,9 @@ class DynamicBatcher:
                 self._current = []
 
     async def _gather(self) -> None:  # up to max_delay from the oldest request (module doc)
-        if self._max_delay <= 0 or self._last_batch_items <= 1 or self._closing:
+        if self.max_delay <= 0 or self._last_batch_items <= 1 or self._closing:
             return
-        limit = self._queue[0].enqueued + self._max_delay
+        limit = self._queue[0].enqueued + self.max_delay
         while self._queued_rows < self._wait_target and not self._closing:
             remaining = limit - time.monotonic()
             if remaining <= 0:

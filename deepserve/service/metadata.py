@@ -45,30 +45,32 @@ def model_ready(registry: Registry, name: str, version: str | None = None) -> bo
 
 def model_config(registry: Registry, name: str, version: str | None = None) -> dict[str, Any]:
     """Triton's ModelConfig as JSON (what ``/v2/models/{m}/config`` serves): ``dims`` leave out the batch
-    dimension, as in Triton when ``max_batch_size`` > 0; an input a request may leave out says
-    ``optional: true`` (perf_analyzer then needs no data for it)."""
+    dimension, as in Triton when ``max_batch_size`` > 0 (a model without a batch axis says 0 and
+    gives whole shapes); an input a request may leave out says ``optional: true`` (perf_analyzer
+    then needs no data for it)."""
     entry = registry.get(name, version)
     assert entry.handler is not None and entry.batcher is not None
+    batched = entry.handler.max_batch_size > 0
+    skip = 1 if batched else 0
 
     def tensor(t: Any) -> dict[str, Any]:
         datatype = "TYPE_STRING" if t.datatype == "BYTES" else f"TYPE_{t.datatype}"
-        return {"name": t.name, "data_type": datatype, "dims": list(t.shape[1:])}
+        return {"name": t.name, "data_type": datatype, "dims": list(t.shape[skip:])}
 
     def model_input(t: Any) -> dict[str, Any]:
         return {**tensor(t), "optional": True} if t.optional else tensor(t)  # ModelOutput has no such field
 
-    s = registry.settings
     return {
         "name": name,
         "platform": platform(entry),
         "backend": "deepserve",
         "version_policy": {"latest": {"num_versions": len(registry.versions(name))}},
-        "max_batch_size": entry.batcher.max_batch_size,
+        "max_batch_size": entry.batcher.max_batch_size if batched else 0,
         "input": [model_input(t) for t in entry.handler.inputs],
         "output": [tensor(t) for t in entry.handler.outputs],
         "dynamic_batching": {
-            "preferred_batch_size": s.preferred_batch_sizes,
-            "max_queue_delay_microseconds": int(s.max_queue_delay_ms * 1000),
+            "preferred_batch_size": entry.batcher.preferred_sizes,
+            "max_queue_delay_microseconds": int(entry.batcher.max_delay * 1e6),
         },
         "model_transaction_policy": {"decoupled": False},
         "parameters": {"task": {"string_value": entry.handler.spec.task}},

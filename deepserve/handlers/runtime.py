@@ -38,7 +38,7 @@ Format = Literal["onnx", "torchscript", "pt2", "transformers"]
 _FORMAT_ORDER: tuple[Format, ...] = ("onnx", "pt2", "torchscript", "transformers")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 TORCH_HINT = "install torch: pip install 'deepserve[train]'"
-TRANSFORMERS_HINT = "install torch and transformers: pip install 'deepserve[train]' transformers"
+TRANSFORMERS_HINT = "install torch and transformers: pip install 'deepserve[hf]'"
 ORT_HINT = "install ONNX Runtime: pip install 'deepserve[serve]' (CPU) or 'deepserve[gpu]' (CUDA), not both"
 
 

@@ -46,7 +46,7 @@ def _require_transformers() -> None:
 
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
         raise SourceError("importing a Hugging Face folder needs torch and transformers: "
-                          "pip install 'deepserve[export,minilm]'")  # fmt: skip
+                          "pip install 'deepserve[hf]'")  # fmt: skip
 
 
 def _fill(folder: HFFolder, opts: ImportOptions, runtime: str, tmp: Path, version: int) -> ModelSpec:

@@ -3,7 +3,8 @@
 The store is built in the dev venv (``quick_store``); only the server process is lean: it runs
 ``deepserve serve`` from the venv of ``tests/e2e/lean.py`` (built here when missing or stale), on
 Python 3.11 and on a newer Python when the machine has one, answers KServe v2 over HTTP and gRPC
-and OpenAI-style embeddings, and on exit reports which modules it imported.
+and OpenAI-style embeddings, serves a user's ONNX file given on its command line beside the
+store, and on exit reports which modules it imported.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import tritonclient.grpc as triton_grpc
 
 from tests.e2e import lean
 from tests.e2e.conftest import Server, free_port, stop_server
+from tests.imports.graphs import affine_onnx, ort_run
+
+USER_MODEL = "user-affine"  # a user's ONNX file, served straight from the command line
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -63,9 +67,10 @@ def lean_server(
 ) -> Iterator[tuple[Server, Path]]:
     tmp = tmp_path_factory.mktemp("lean")
     modules, log = tmp / "modules.json", tmp / "server.log"
+    user_file = affine_onnx(tmp / "user.onnx", "batch")
     http_port, grpc_port = free_port(), free_port()
-    cmd = [str(lean_python), "-I", "-c", BOOT, str(modules), "--store", str(quick_store),
-           "--host", "127.0.0.1", "--log-level", "warning",
+    cmd = [str(lean_python), "-I", "-c", BOOT, str(modules), str(user_file), "--name", USER_MODEL,
+           "--store", str(quick_store), "--host", "127.0.0.1", "--log-level", "warning",
            "--http-port", str(http_port), "--grpc-port", str(grpc_port)]  # fmt: skip
     with log.open("wb") as sink:  # cwd outside the repository: the installed package runs
         process = subprocess.Popen(cmd, cwd=tmp, stdout=sink, stderr=subprocess.STDOUT)
@@ -121,6 +126,18 @@ def test_kserve_v2_http_and_grpc_answer_from_onnx(lean_server: tuple[Server, Pat
     client.close()
 
 
+def test_a_users_onnx_file_is_served_beside_the_store(lean_server: tuple[Server, Path]) -> None:
+    server, _ = lean_server
+    x = np.random.default_rng(2).normal(size=(3, 4)).astype(np.float32)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 4], "data": x.ravel().tolist()}]}
+    answer = httpx.post(f"{server.base_url}/v2/models/{USER_MODEL}/infer", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    [y] = answer.json()["outputs"]
+    source = Path(str(server.log)).parent / "user.onnx"
+    expected = ort_run(source, {"x": x})["y"]
+    np.testing.assert_allclose(np.reshape(y["data"], y["shape"]), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_openai_embeddings_with_the_tokenizer(lean_server: tuple[Server, Path]) -> None:
     server, _ = lean_server
     body = {"model": "minilm", "input": ["hi", "there"]}
@@ -136,6 +153,9 @@ def test_no_torch_in_the_server_process(lean_server: tuple[Server, Path]) -> Non
     name, width = _tabular(server)
     body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, width], "data": [0.0] * width}]}
     assert httpx.post(f"{server.base_url}/v2/models/{name}/infer", json=body, timeout=30).status_code == 200
+    user = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.0] * 4}]}
+    answer = httpx.post(f"{server.base_url}/v2/models/{USER_MODEL}/infer", json=user, timeout=30)
+    assert answer.status_code == 200, answer.text
     server.process.send_signal(signal.SIGUSR1)
     deadline = time.monotonic() + 10
     while not modules.is_file() and time.monotonic() < deadline:

@@ -68,6 +68,15 @@ install_checkov() {
     quiet_pip "$TOOLS_DIR/checkov-venv/bin/python" -m pip install -q checkov==3.3.30
 }
 
+install_kserve() {
+    # the KServe SDK's typed models check k8s/kserve; it pins psutil < 6 and registers the KServe v2
+    # protobuf names tritonclient registers too, so it lives in a venv of its own
+    local base
+    base=$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)') || return 1
+    "$base" -m venv "$TOOLS_DIR/kserve-venv" || return 1
+    quiet_pip "$TOOLS_DIR/kserve-venv/bin/python" -m pip install -q kserve==0.21.0
+}
+
 install_node_tools() {
     command -v npm >/dev/null || { note "npm not found"; return 1; }
     mkdir -p "$TOOLS_DIR/node"
@@ -88,6 +97,7 @@ else
     # (checkov --version takes seconds to import; the installed package's metadata is enough)
     step "checkov" "test -x '$TOOLS_DIR/checkov-venv/bin/checkov' && ls '$TOOLS_DIR'/checkov-venv/lib/python3*/site-packages/checkov-*.dist-info" \
         install_checkov
+    step "kserve SDK (typed models)" "'$TOOLS_DIR/kserve-venv/bin/python' -c 'import kserve'" install_kserve
 fi
 step "kubectl (kustomize)" "kubectl version --client" install_kubectl
 step "prometheus + promtool (apt)" "command -v prometheus && command -v promtool" install_prometheus

@@ -393,7 +393,8 @@ def model_folders(source: Path, opts: ImportOptions) -> list[tuple[Path, ImportO
     ]
     if given and len(folders) > 1:
         raise SourceError(
-            f"{' '.join(given)} apply to one model; {source} holds {len(folders)}: import a model "
+            f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} to one model; {source} "
+            f"holds {len(folders)}: import a model "
             "folder on its own, or set it in its config.pbtxt"
         )
     return [(folder, opts.named(folder.name)) for folder in folders]

@@ -1,5 +1,5 @@
 """k8s/monitoring: rules and alert unit tests through promtool, dashboard PromQL and structure,
-the prometheus-operator schemas, the Grafana schema, the adapter rule and the InferenceService."""
+the prometheus-operator schemas, the Grafana schema and the adapter rule (KServe: test_kserve.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.deploy import promql
-from tests.deploy.manifests import MONITORING, Doc, container, load_file, one
+from tests.deploy.manifests import MONITORING, Doc, load_file, one
 from tests.deploy.tooling import require_node_modules, require_tool, run_tool
 
 HERE = Path(__file__).parent
@@ -186,31 +186,3 @@ def test_adapter_serves_the_hpa_metrics(rendered: dict[str, list[Doc]]) -> None:
         # per-pod metrics need the pod label mapped to the pod resource
         assert r["resources"]["overrides"]["pod"] == {"resource": "pod"}
         assert "<<.GroupBy>>" in r["metricsQuery"] and "<<.LabelMatchers>>" in r["metricsQuery"]
-
-
-def test_inferenceservice_runs_the_same_image(rendered: dict[str, list[Doc]]) -> None:
-    isvc = one(load_file(MONITORING / "inferenceservice.yaml"), "InferenceService", "deepserve")
-    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
-    dep_container = container(one(rendered["gpu"], "Deployment", "deepserve"))
-    pred = isvc["spec"]["predictor"]
-    (c,) = pred["containers"]
-    assert c["name"] == "kserve-container", "KServe's name for a custom predictor container"
-    assert c["image"] == dep_container["image"]
-    assert [p["containerPort"] for p in c["ports"]] == [8000], "KServe routes one port: the v2 REST port"
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"]
-    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert c["securityContext"]["readOnlyRootFilesystem"] is True
-    assert pred["securityContext"]["runAsNonRoot"] is True
-    assert pred["minReplicas"] >= 2 and pred["maxReplicas"] >= pred["minReplicas"]  # a drain keeps one
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):  # the Deployment's timings
-        timing = ("periodSeconds", "timeoutSeconds", "failureThreshold")
-        assert {k: c[probe].get(k) for k in timing} == {k: dep_container[probe].get(k) for k in timing}, probe
-    pdb = one(load_file(MONITORING / "inferenceservice.yaml"), "PodDisruptionBudget", "deepserve-isvc")
-    selects = pdb["spec"]["selector"]["matchLabels"]
-    assert selects == {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}
-    mode = isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
-    assert mode in {"RawDeployment", "Serverless"}
-    env = {e["name"]: e["value"] for e in c["env"]}
-    pre_stop = float(c["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert pred["terminationGracePeriodSeconds"] > float(env["DEEPSERVE_DRAIN_TIMEOUT_S"]) + pre_stop

@@ -100,7 +100,7 @@ def test_transformers_variant_says_what_to_install(store: Path, monkeypatch: pyt
     assert runtime.select_variant(spec, version_dir=version).format == "transformers"
     monkeypatch.setattr(runtime, "transformers_available", lambda: False)
     with pytest.raises(
-        ModelLoadError, match=r"Hugging Face folder \(hf/\).*pip install 'deepserve\[train\]' transformers"
+        ModelLoadError, match=r"Hugging Face folder \(hf/\).*pip install 'deepserve\[hf\]'"
     ):
         runtime.select_variant(spec, version_dir=version)
 

@@ -73,8 +73,12 @@ COPY --from=build /opt/python /opt/python
 COPY --from=build /opt/venv /opt/venv
 # root-owned and read-only for the server user: a compromised server cannot rewrite its models
 COPY --from=store /models /models
+# the source revision, shown by deepserve_build_info: docker build --build-arg REVISION=$(git rev-parse HEAD)
+ARG REVISION=""
+LABEL org.opencontainers.image.revision="${REVISION}"
 # caches go to /tmp (an emptyDir in k8s): the root filesystem is read-only there
 ENV PATH=/opt/venv/bin:$PATH \
+    DEEPSERVE_REVISION=${REVISION} \
     VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -2,15 +2,22 @@
 
 Names follow Prometheus conventions: ``deepserve_`` prefix, base units (seconds, bytes,
 ratio), ``_total`` on counters. GPU gauges are filled from NVML at scrape time, only when
-``pynvml`` imports and a GPU is present.
+``pynvml`` imports and a GPU is present. ``deepserve_build_info`` (value 1) carries what the
+process runs as labels, so a query can tell which pods a rollout has reached.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import logging
+import os
+import platform
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+import deepserve
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +31,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         r = registry
+        # an Info is exposed as the gauge `deepserve_build_info{...} 1`
+        self.build_info = Info("deepserve_build", "What this server runs: versions and build", registry=r)
+        self.build_info.info(build_labels())
         self.requests = Counter(
             "deepserve_requests", "Requests answered, by model, protocol and HTTP-style status code",
             ["model", "protocol", "code"], registry=r,
@@ -139,6 +149,43 @@ class Metrics:
     def render(self) -> bytes:
         self.refresh_gpu()
         return generate_latest(self.registry)
+
+
+def build_labels() -> dict[str, str]:
+    """The build_info labels, read from installed package metadata: nothing is imported (torch
+    takes seconds) and an absent package is an empty label, which PromQL treats as no label."""
+    ort = _dist_version("onnxruntime-gpu")
+    return {
+        "version": deepserve.__version__,
+        "revision": _revision(),
+        "python": platform.python_version(),
+        # the CUDA and the CPU build ship the same `onnxruntime` import package (see pyproject.toml)
+        "onnxruntime": ort or _dist_version("onnxruntime"),
+        "onnxruntime_build": "gpu" if ort else "cpu" if _dist_version("onnxruntime") else "",
+        "torch": _dist_version("torch"),  # its local part says the build: 2.13.0+cpu, +cu128
+    }
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def _revision() -> str:
+    """The git commit the server was built from, where the build recorded it: the image's
+    ``DEEPSERVE_REVISION`` (stamped at build time, not a setting), or pip's record of a
+    ``pip install git+URL@COMMIT``. A working tree's commit says nothing of its local changes: none."""
+    stamped = os.environ.get("DEEPSERVE_REVISION", "")
+    if stamped:
+        return stamped
+    try:
+        direct_url = importlib.metadata.distribution("deepserve").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+    vcs = json.loads(direct_url or "{}").get("vcs_info", {})
+    return str(vcs.get("commit_id", ""))
 
 
 def _open_nvml() -> Any:

@@ -1,17 +1,19 @@
 """k8s/monitoring: rules and alert unit tests through promtool, dashboard PromQL and structure,
-the prometheus-operator schemas, the Grafana schema and the adapter rule (KServe: test_kserve.py)."""
+the prometheus-operator schemas, the Grafana schema, the adapter rule, and the runbook every alert
+links to (docs/operations.md). KServe: test_kserve.py."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.deploy import promql
+from tests.deploy import promql, runbook
 from tests.deploy.manifests import MONITORING, Doc, load_file, one
 from tests.deploy.tooling import require_node_modules, require_tool, run_tool
 
@@ -50,11 +52,42 @@ def test_every_alert_has_a_unit_test_and_runbook_text() -> None:
         "DeepserveQueueSaturated",
         "DeepserveModelNotReady",
         "DeepserveGPUMemoryNearFull",
+        "DeepserveSlowFirstToken",
+        "DeepserveGenerationStalled",
     }
     assert required <= tested
     for a in alerts:
         assert a["labels"]["severity"] in {"warning", "critical"}
-        assert {"summary", "description"} <= set(a["annotations"])
+        assert {"summary", "description", "runbook_url"} <= set(a["annotations"])
+
+
+def test_every_alert_links_to_its_runbook_section() -> None:
+    """runbook_url is the alert's own section of docs/operations.md, as GitHub anchors it, and the
+    section says what the alert means, what to check first and what to do."""
+    sections = runbook.sections()
+    for a in (r for r in promql.rules() if "alert" in r):
+        url, _, anchor = a["annotations"]["runbook_url"].partition("#")
+        assert url == runbook.RUNBOOK_URL, f"{a['alert']}: runbook_url must point at {runbook.RUNBOOK_URL}"
+        assert anchor == a["alert"].lower(), f"{a['alert']}: link its own section, not #{anchor}"
+        assert anchor in sections, f"{a['alert']}: docs/operations.md has no heading for #{anchor}"
+        body = sections[anchor].body
+        for part in ("**What it means.**", "**Check first.**", "**What to do.**"):
+            assert part in body, f"the runbook section of {a['alert']} lacks {part}"
+
+
+def test_runbook_links_resolve() -> None:
+    text = runbook.RUNBOOK.read_text()
+    for file, anchor in runbook.anchor_links(text):
+        target = runbook.sections((runbook.RUNBOOK.parent / file).read_text()) if file else runbook.sections()
+        assert anchor in target, f"docs/operations.md links to {file}#{anchor}, which has no such heading"
+
+
+def test_runbook_describes_every_dashboard_panel() -> None:
+    """The runbook's Dashboard section has a table row for each panel, and the dashboard links to it."""
+    rows = set(re.findall(r"^\| ([^|]+?) \|", runbook.sections()["dashboard"].body, re.MULTILINE))
+    titles = {p["title"] for p in promql.panels(promql.dashboard())}
+    assert titles - rows == set(), "panels missing from the Dashboard section of docs/operations.md"
+    assert runbook.RUNBOOK_URL in {link["url"] for link in promql.dashboard()["links"]}
 
 
 @pytest.mark.tools
@@ -93,13 +126,22 @@ def test_dashboard_covers_the_issue_panels() -> None:
         "deepserve_queue_depth",
         "deepserve_batch_size",
         "deepserve_time_to_first_token_seconds",
+        "deepserve_inter_token_latency_seconds",
+        "deepserve_running_sequences",
+        "deepserve_waiting_sequences",
+        "deepserve_kv_cache_bytes",
         "deepserve_gpu_utilization_ratio",
         "deepserve_gpu_memory_used_bytes",
+        "deepserve_build_info",
     }
     assert wanted <= read, f"missing panels for {wanted - read}"
     exprs = [e.text for e in promql.dashboard_exprs()]
-    for quantile in ("0.5", "0.99"):
-        assert any(f"histogram_quantile({quantile}" in e for e in exprs), f"a p{quantile} latency query"
+    for histogram in ("request_duration", "time_to_first_token", "inter_token_latency"):
+        for quantile in ("0.5", "0.99"):
+            assert any(
+                f"histogram_quantile({quantile}" in e and f"deepserve_{histogram}_seconds_bucket" in e
+                for e in exprs
+            ), f"a p{quantile} query of deepserve_{histogram}_seconds"
     assert any('code=~"5.."' in e for e in exprs), "an error-rate panel"
     ids = [p["id"] for p in dash["panels"]] + [q["id"] for p in dash["panels"] for q in p.get("panels", [])]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
@@ -112,7 +154,8 @@ def test_dashboard_and_rules_read_only_declared_metrics() -> None:
 
     registry = CollectorRegistry()
     metrics_mod.Metrics(registry)
-    declared = {m.name + ("_total" if m.type == "counter" else "") for m in registry.collect()}
+    suffix = {"counter": "_total", "info": "_info"}  # prometheus-client's names omit them
+    declared = {m.name + suffix.get(m.type, "") for m in registry.collect()}
     exprs = promql.dashboard_exprs() + promql.recording_exprs() + promql.alert_exprs()
     used = set().union(*(promql.metric_names(e.text) for e in exprs))
     used |= {r["seriesQuery"].split("{")[0] for r in promql.adapter_rules()}

@@ -31,6 +31,7 @@ EXPECTED_ALERTS = {
     "DeepserveQueueSaturated": {"syn-classifier"},
     "DeepserveHighP99Latency": {"syn-classifier"},
     "DeepserveSlowFirstToken": {"syn-gpt"},
+    "DeepserveGenerationStalled": {"syn-stuck"},
     "DeepserveModelNotReady": {"syn-broken"},
     "DeepserveGPUMemoryNearFull": {"0"},
 }
@@ -64,7 +65,11 @@ def _gauges(m: Any) -> None:
     m.running_sequences.labels("syn-gpt").set(2)
     m.waiting_sequences.labels("syn-gpt").set(1)
     m.kv_cache_bytes.labels("syn-gpt").set(2**20)
-    for model, ready in (("syn-classifier", 1), ("syn-gpt", 1), ("syn-broken", 0)):
+    # a generation model whose decode loop hangs: sequences in flight, its token counter never moves
+    m.running_sequences.labels("syn-stuck").set(3)
+    m.waiting_sequences.labels("syn-stuck").set(0)
+    m.generated_tokens.labels("syn-stuck")
+    for model, ready in (("syn-classifier", 1), ("syn-gpt", 1), ("syn-broken", 0), ("syn-stuck", 1)):
         m.model_ready.labels(model, "1").set(ready)
         m.model_load_seconds.labels(model, "1").set(0.5)
     m.gpu_utilization.labels("0").set(0.5)

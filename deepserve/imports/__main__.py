@@ -1,7 +1,12 @@
 """``deepserve import SOURCE``: write a user's model into the model store as a normal version.
 
-Exit codes: 0 imported, 2 the source (or an option) is not something deepserve can serve, with
-one line on stderr saying what is wrong and what to do; nothing is left in the store then.
+SOURCE may be a URI (``s3://``, ``gs://``, ``https://``, ``file://``): it is downloaded and verified
+first (``deepserve.remote_store``, into a temporary folder removed after the import, which copies
+what it needs), then imported as a local source would be. The store is local.
+
+Exit codes: 0 imported, 2 the source (or an option) is not something deepserve can serve, or a URI
+source cannot be downloaded, with one line on stderr saying what is wrong and what to do; nothing
+is left in the store then.
 """
 
 from __future__ import annotations
@@ -9,11 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from deepserve.imports import ImportOptions, SourceError, import_source
 from deepserve.imports.base import TASKS
+from deepserve.remote_store import RemoteStoreError, fetch_source, store_uri
 
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Import a model file (.onnx, .pt, .pt2), a Hugging Face folder, a TorchServe .mar, "
         "a Triton model repository or your own handler into the model store.",
     )
-    parser.add_argument("source", type=Path)
+    parser.add_argument("source", help="a model file or folder, or its s3:// gs:// https:// file:// URI")
     parser.add_argument("--name", help="model name in the store (default: from the source)")
     parser.add_argument("--version", type=int, help="store version (default: the next free one)")
     parser.add_argument("--store", type=Path,
@@ -50,8 +57,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler=args.handler, runtime=args.runtime, force=args.force,
     )  # fmt: skip
     try:
-        written = import_source(args.source, opts)
-    except SourceError as exc:
+        if store_uri(args.store) is not None:
+            raise SourceError(
+                f"--store {args.store}: deepserve import writes a local store; import into a folder, "
+                "then upload it (aws s3 sync, gcloud storage rsync)"
+            )
+        uri = store_uri(args.source)
+        if uri is None:
+            written = import_source(Path(args.source), opts)
+        else:
+            with tempfile.TemporaryDirectory(prefix="deepserve-import-") as tmp:
+                written = import_source(fetch_source(uri, Path(tmp)), opts)
+    except (SourceError, RemoteStoreError) as exc:
         print(f"deepserve import: {exc}", file=sys.stderr)
         return 2
     for path in written:

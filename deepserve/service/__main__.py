@@ -16,7 +16,6 @@ import socket
 import ssl
 import sys
 from collections.abc import Generator, Sequence
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -25,10 +24,10 @@ from deepserve.service.app import create_app
 from deepserve.service.dataplane import DataPlane
 from deepserve.service.grpc_server import GrpcServer, create_grpc_server
 from deepserve.service.grpc_service import InferenceServicer
+from deepserve.service.logs import configure_logging
 from deepserve.service.settings import Settings
 
 log = logging.getLogger("deepserve")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 BACKLOG = 4096  # connections the kernel queues before accept: bursts of new clients are not refused
 
 
@@ -41,7 +40,9 @@ class _Uvicorn(uvicorn.Server):
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", type=Path, help="model store (DEEPSERVE_MODEL_STORE)")
+    # str, not Path: a Path folds s3://bucket/key into s3:/bucket/key
+    parser.add_argument("--store", help="model store: a folder, or an s3://, gs://, https:// URI "
+                        "(DEEPSERVE_MODEL_STORE)")  # fmt: skip
     parser.add_argument("--host", help="bind address (DEEPSERVE_HOST, default 127.0.0.1)")
     parser.add_argument("--http-port", type=int, help="HTTP port (DEEPSERVE_HTTP_PORT, default 8000)")
     parser.add_argument(
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Serve a model store over HTTP and gRPC, and beside it any model files (.onnx, .pt, "
         ".pt2), Hugging Face folders, TorchServe .mar archives or Triton repositories given as SOURCE.",
     )
-    parser.add_argument("sources", nargs="*", type=Path, metavar="SOURCE",
+    parser.add_argument("sources", nargs="*", metavar="SOURCE",
                         help="a model file, folder, archive or repository to serve directly")  # fmt: skip
     add_serve_arguments(parser)
     parser.add_argument("--name", help="the model name of a single SOURCE (default: from the source)")
@@ -82,16 +83,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_with_sources(args: argparse.Namespace, settings: Settings) -> int:
     from deepserve.imports import ImportOptions, SourceError
-    from deepserve.service.sources import sources_store
+    from deepserve.remote_store import RemoteStoreError
+    from deepserve.service.sources import sources_store, store_models
 
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)  # the imports log too
+    configure_logging(settings)  # the imports log too
     opts = ImportOptions(store=settings.model_store, name=args.name, task=args.task, labels=args.labels,
                          handler=args.handler, runtime=args.runtime)  # fmt: skip
     try:
-        with sources_store(args.sources, opts, settings.model_store) as extra:
+        taken = store_models(settings.model_store, settings.model_store_uri)
+        with sources_store(args.sources, opts, taken, cache=settings.store_cache) as extra:
             stores = [extra, *settings.extra_model_stores]
             return run(settings.model_copy(update={"extra_model_stores": stores}))
-    except SourceError as exc:
+    except (SourceError, RemoteStoreError) as exc:
         print(f"deepserve serve: {exc}", file=sys.stderr)
         return 2
 
@@ -100,10 +103,21 @@ def run(settings: Settings) -> int:
     import prometheus_client
 
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created doubles scrapes
-    logging.basicConfig(  # force: `deepserve up` may have logged (and so configured logging) already
-        level=settings.log_level.upper(), format=LOG_FORMAT, force=True
-    )
-    if not settings.model_store.is_dir() and not settings.extra_model_stores:
+    configure_logging(settings)
+    uri = settings.model_store_uri
+    if uri is not None:  # listed now: wrong credentials or a wrong URI are one line, before anything starts
+        from deepserve.remote_store import RemoteStore, RemoteStoreError
+
+        try:
+            found = RemoteStore(uri, settings.model_store).refresh()
+            if not found and not settings.extra_model_stores:
+                raise RemoteStoreError(f"{uri} holds no <name>/<version>/model.json: check the URI")
+        except RemoteStoreError as exc:
+            log.error("%s", exc)
+            return 2
+        log.info("model store %s: %d models, copied into %s as they load", uri, len(found),
+                 settings.model_store)  # fmt: skip
+    elif not settings.model_store.is_dir() and not settings.extra_model_stores:
         log.error(
             "model store %s does not exist: pass --store (or DEEPSERVE_MODEL_STORE), or build one with "
             "`deepserve up` / `deepserve store build --store %s`", settings.model_store, settings.model_store
@@ -144,15 +158,22 @@ async def serve(settings: Settings) -> int:
         http_sockets = _bind_http(settings.host, settings.http_port, BACKLOG)
     except OSError as exc:
         return _cannot_bind(exc)
+    try:
+        management_sockets = _ManagementServer.bind(settings)
+    except OSError as exc:
+        for sock in http_sockets:
+            sock.close()
+        return _cannot_bind(exc)
     plane = DataPlane(settings)
     http = _Uvicorn(_uvicorn_config(create_app(plane), settings))
+    management = _ManagementServer(plane, settings, management_sockets) if management_sockets else None
     grpc_server = None
     if settings.enable_grpc:
         grpc_server = create_grpc_server(InferenceServicer(plane), settings, ready=plane.ready)
         try:
             await grpc_server.start()
         except OSError as exc:
-            for sock in http_sockets:
+            for sock in http_sockets + management_sockets:
                 sock.close()
             return _cannot_bind(exc)
     await plane.start()  # models load in the background: liveness answers now, readiness when loaded
@@ -164,17 +185,68 @@ async def serve(settings: Settings) -> int:
     grpc_at = f"{settings.host}:{settings.grpc_port}" if grpc_server else "off"
     log.info("serving %s: HTTP %s:%d, gRPC %s%s", settings.model_store, settings.host, settings.http_port,
              grpc_at, " (TLS)" if settings.tls else "")  # fmt: skip
+    management_task = management.start() if management else None
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({http_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if http_task.done():  # uvicorn could not start
+    servers = {http_task} | ({management_task} if management_task else set())
+    await asyncio.wait({*servers, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if any(task.done() for task in servers):  # uvicorn could not start
         stopper.cancel()
         if grpc_server is not None:
             await grpc_server.stop(0)
+        if management is not None:
+            await management.stop()
         await plane.stop()
-        failure = http_task.exception()
+        failure = next((t.exception() for t in servers if t.done() and t.exception()), None)
         log.error("the HTTP server stopped at start-up%s", f": {failure!r}" if failure else "; see above")
         return 1
-    return await _drain(plane, http, http_task, grpc_server)
+    code = await _drain(plane, http, http_task, grpc_server)
+    if management is not None:  # answered 503 since the drain began; its requests finished with it
+        await management.stop()
+    return code
+
+
+class _ManagementServer:
+    """TorchServe's management API (``service.management_api``) on ``management_port``, a second
+    uvicorn on the same loop: served only with ``enable_management``, bound before anything
+    starts (like HTTP), and stopped after the drain."""
+
+    def __init__(self, plane: DataPlane, settings: Settings, sockets: list[socket.socket]) -> None:
+        from deepserve.service.management_api import create_management_app
+
+        config = _uvicorn_config(create_management_app(plane), settings)
+        config.port = settings.management_port
+        self.server = _Uvicorn(config)
+        self.sockets = sockets
+        self.task: asyncio.Task[None] | None = None
+        self.where = f"{settings.host}:{settings.management_port}"
+
+    @staticmethod
+    def bind(settings: Settings) -> list[socket.socket]:
+        """The management sockets, or none when it is not served."""
+        if not settings.enable_management or settings.management_port == 0:
+            return []
+        try:
+            return _bind_http(settings.host, settings.management_port, BACKLOG)
+        except OSError as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+            where = f"{settings.host}:{settings.management_port}"
+            raise OSError(f"cannot bind the TorchServe management API on {where}: {cause.strerror or cause} "
+                          "(DEEPSERVE_MANAGEMENT_PORT=0 turns it off)") from exc  # fmt: skip
+
+    def start(self) -> asyncio.Task[None]:
+        self.task = asyncio.create_task(self.server.serve(sockets=self.sockets))
+        log.info("TorchServe management API on %s (management token required)", self.where)
+        return self.task
+
+    async def stop(self) -> None:
+        if self.task is None:
+            for sock in self.sockets:
+                sock.close()
+            return
+        self.server.config.timeout_graceful_shutdown = 1
+        self.server.should_exit = True
+        with contextlib.suppress(Exception):  # it failed at start-up: said by the caller
+            await self.task
 
 
 def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:

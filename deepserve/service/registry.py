@@ -3,6 +3,9 @@
 Store layout: ``<store>/<name>/<version>/model.json`` with integer versions (highest = default).
 Several stores may be served (``model_store`` then ``extra_model_stores``); a name is read from the
 first store that holds it.
+A store in object storage (``model_store_uri``, deepserve.remote_store) is listed at load and each
+version copied into ``model_store`` as it loads, so a version that cannot be downloaded or verified
+fails like one that does not load.
 A model that fails to load is reported ``failed`` with the reason; the others serve.
 Run-time load/unload accepts only names that are directories of the store (no paths, no URLs).
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from deepserve.handlers.base import Handler
+from deepserve.remote_store import RemoteStore, RemoteStoreError
 from deepserve.service.batching import DynamicBatcher
 from deepserve.service.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
 from deepserve.service.metrics import Metrics
@@ -68,6 +72,8 @@ class Registry:
         self._models: dict[str, dict[int, ModelEntry]] = {}
         self._lock = asyncio.Lock()
         self.loading_done = False
+        uri = settings.model_store_uri
+        self.remote = RemoteStore(uri, settings.model_store) if uri is not None else None
 
     # -- lookup ----------------------------------------------------------------------------------
     def get(self, name: str, version: str | int | None = None) -> ModelEntry:
@@ -122,34 +128,43 @@ class Registry:
     def stores(self) -> list[Path]:
         return [self.settings.model_store, *self.settings.extra_model_stores]
 
-    def _model_dirs(self) -> dict[str, Path]:
-        """Name -> its directory in the first store that holds it."""
-        dirs: dict[str, Path] = {}
+    def _listing(self) -> dict[str, tuple[Path, list[int]]]:
+        """Name -> its directory in the first store that holds it, and the versions there."""
+        found: dict[str, tuple[Path, list[int]]] = {}
         for store in self.stores:
-            if not store.is_dir():
-                continue
-            for model_dir in sorted(p for p in store.iterdir() if p.is_dir() and MODEL_NAME.match(p.name)):
-                dirs.setdefault(model_dir.name, model_dir)
-        return dirs
+            for name, versions in self._store_models(store).items():
+                found.setdefault(name, (store / name, versions))
+        return found
+
+    def _store_models(self, store: Path) -> dict[str, list[int]]:
+        if self.remote is not None and store == self.remote.local:
+            return self.remote.versions()  # as last listed: the copies are made as versions load
+        if not store.is_dir():
+            return {}
+        return {
+            d.name: sorted(
+                int(v.name) for v in d.iterdir() if v.name.isdigit() and (v / "model.json").is_file()
+            )
+            for d in sorted(p for p in store.iterdir() if p.is_dir() and MODEL_NAME.match(p.name))
+        }
 
     def scan(self) -> dict[str, list[int]]:
-        found: dict[str, list[int]] = {}
-        for name, model_dir in self._model_dirs().items():
-            versions = sorted(
-                int(v.name) for v in model_dir.iterdir() if v.name.isdigit() and (v / "model.json").is_file()
-            )
-            if versions:
-                found[name] = versions
         wanted = self.settings.load_models
-        return {n: v for n, v in found.items() if wanted is None or n in wanted}
+        return {n: v for n, (_, v) in self._listing().items() if v and (wanted is None or n in wanted)}
 
     def version_dir(self, name: str, version: int) -> Path:
-        model_dir = self._model_dirs().get(name, self.settings.model_store / name)
+        model_dir = self._listing().get(name, (self.settings.model_store / name, []))[0]
         return model_dir / str(version)
+
+    async def _refresh_remote(self) -> None:
+        """List the store in object storage again (new uploads show up); RemoteStoreError."""
+        if self.remote is not None:
+            await asyncio.to_thread(self.remote.refresh)
 
     async def load_store(self) -> None:
         """Load every store model, two at a time (the machines have two cores)."""
         limit = asyncio.Semaphore(2)
+        await self._refresh_remote()
 
         async def one(name: str, version: int) -> None:
             async with limit:
@@ -174,11 +189,16 @@ class Registry:
         version_dir = self.version_dir(name, version)
         t0 = time.perf_counter()
         try:
+            if self.remote is not None and version_dir.parent.parent == self.remote.local:
+                version_dir = await asyncio.to_thread(self.remote.fetch, name, version)
             handler = await asyncio.to_thread(self._build_handler, name, version_dir)
             entry.load_seconds = time.perf_counter() - t0
             await self._activate(entry, handler)
         except Exception as exc:  # a broken model is reported, the others serve
-            log.exception("model %s version %s failed to load", name, version)
+            if isinstance(exc, RemoteStoreError):  # one line says it all: no traceback
+                log.error("model %s version %s failed to load: %s", name, version, exc)
+            else:
+                log.exception("model %s version %s failed to load", name, version)
             entry.state, entry.reason = "failed", f"{type(exc).__name__}: {exc}"
             self.metrics.model_ready.labels(name, str(version)).set(0)
             return
@@ -256,6 +276,10 @@ class Registry:
     async def load(self, name: str) -> list[ModelEntry]:
         check_model_name(name)
         async with self._lock:
+            try:
+                await self._refresh_remote()
+            except RemoteStoreError as exc:
+                raise ModelNotReadyError(f"model {name!r} cannot be loaded: {exc}") from None
             versions = self.scan().get(name)
             if not versions:
                 stores = ", ".join(str(p) for p in self.stores)

@@ -6,11 +6,13 @@ only this object, never ``os.environ``.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePath
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deepserve.remote_store import cache_dir, default_cache_root, store_uri
 
 
 class ModelOverride(BaseModel):
@@ -28,7 +30,15 @@ class ModelOverride(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEEPSERVE_", extra="ignore")
 
+    # A URI (s3://, gs://, https://, file://) in DEEPSERVE_MODEL_STORE or --store moves to
+    # model_store_uri, and model_store becomes its local copy in store_cache (deepserve.remote_store)
     model_store: Path = Field(default=Path("model_store"), description="the model store to serve")
+    model_store_uri: str | None = Field(default=None, description="where model_store is copied from")
+    store_cache: Path = Field(
+        default_factory=default_cache_root,
+        description="where stores and sources in object storage are copied to (default "
+        "$XDG_CACHE_HOME/deepserve/stores, else ~/.cache/deepserve/stores)",
+    )
     # More stores served beside it (`deepserve serve SOURCE` puts the sources it imports in one); a
     # name in two stores is served from the first that holds it.
     extra_model_stores: list[Path] = Field(default_factory=list, description="more stores to serve")
@@ -110,8 +120,29 @@ class Settings(BaseSettings):
     auth_token: str | None = Field(default=None, description="bearer token required for inference")
     enable_management: bool = Field(default=False, description="runtime load/unload of store models")
     management_token: str | None = Field(default=None, description="bearer token for load/unload")
+    # TorchServe's management API (GET/POST/PUT/DELETE /models) on a port of its own, served only
+    # with enable_management (and so behind the management token); 0 = not served
+    management_port: int = Field(default=8081, ge=0, le=65535, description="TorchServe management API port")
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(default="text", description="json: one JSON object a line")
+    access_log: bool = Field(default=False, description="a log line per request (costly at high rates)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _store_uri(cls, data: Any) -> Any:
+        """A URI model_store is kept as a string: a Path would fold its "//" (s3:/bucket)."""
+        if isinstance(data, dict) and isinstance(data.get("model_store"), str | PurePath):
+            uri = store_uri(data["model_store"])
+            if uri is not None:
+                data = {k: v for k, v in data.items() if k != "model_store"} | {"model_store_uri": uri}
+        return data
+
+    @model_validator(mode="after")
+    def _local_copy(self) -> Settings:
+        if self.model_store_uri is not None:
+            self.model_store = cache_dir(self.model_store_uri, self.store_cache)
+        return self
 
     @field_validator("preferred_batch_sizes")
     @classmethod

@@ -125,8 +125,6 @@ class Settings(BaseSettings):
     management_port: int = Field(default=8081, ge=0, le=65535, description="TorchServe management API port")
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["text", "json"] = Field(default="text", description="json: one JSON object a line")
-    access_log: bool = Field(default=False, description="a log line per request (costly at high rates)")
 
     @model_validator(mode="before")
     @classmethod

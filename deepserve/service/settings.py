@@ -125,6 +125,22 @@ class Settings(BaseSettings):
     management_port: int = Field(default=8081, ge=0, le=65535, description="TorchServe management API port")
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text lines, or one JSON object a line for log collectors"
+    )
+    access_log: bool = Field(
+        default=False,
+        description="one log line a request (method, route, model, status, duration, request id); off by "
+        "default: at thousands of requests a second the lines cost more than the requests",
+    )
+
+    # processes
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="server processes sharing the HTTP and gRPC ports (SO_REUSEPORT), each with its own "
+        "event loop: for small models and many clients on a multi-core box; keep 1 for one big model on a GPU",
+    )
 
     @model_validator(mode="before")
     @classmethod

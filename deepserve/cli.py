@@ -13,6 +13,7 @@ from collections.abc import Sequence
 # subcommand -> (module of the deepserve package exposing `main(argv) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train a built-in recipe or your own CSV / image folder / text file"),
+    "cluster": ("training.clustering", "fit k-means on an embedding model's vectors; serve the clusters"),
     "export": ("export.__main__", "export a checkpoint to TorchScript / torch.export / ONNX (+fp16, int8)"),
     "store": ("export.store", "build or refresh the default model store"),
     "import": ("imports.__main__", "import a model file, HF folder, .mar, Triton repo or handler"),

@@ -38,6 +38,7 @@ Datatype = Literal[
 # "transformers": a Hugging Face folder served by transformers itself (`deepserve import --runtime torch`)
 Format = Literal["onnx", "torchscript", "pt2", "transformers"]
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
+ClusterMetric = Literal["cosine", "euclidean"]
 
 
 class _Strict(BaseModel):
@@ -134,6 +135,24 @@ class BatchingSpec(_Strict):
     preferred_batch_sizes: list[int] = Field(default_factory=list)
 
 
+class ClusterSpec(_Strict):
+    """k-means centroids over this version's embedding output, fitted by ``deepserve cluster``.
+
+    ``cosine``: vectors are L2-normalised and the centroids are unit vectors (spherical k-means);
+    distance = 1 - cosine similarity. ``euclidean``: raw vectors, distance = L2 distance.
+    """
+
+    file: str = Field(description="(k, D) float32 .npy file next to model.json")
+    output: str = Field(description="the embedding output the centroids live in")
+    k: int = Field(ge=2)
+    metric: ClusterMetric
+    silhouette: float = Field(description="mean silhouette of the fitted data at k, in the metric")
+    ari: float | None = Field(default=None, description="adjusted Rand index against the data's labels")
+    silhouette_by_k: dict[int, float] = Field(default_factory=dict, description="every k tried")
+    fitted_on: str = Field(description="the data set (and its size) the centroids were fitted on")
+    seed: int = 0
+
+
 class Variant(_Strict):
     """One runnable file of this version and whether parity allows serving it."""
 
@@ -171,6 +190,7 @@ class ModelSpec(_Strict):
     # An imported version has no checkpoint of ours to rebuild from, and no preprocessing of ours.
     imported_from: str | None = Field(default=None, exclude_if=lambda v: v is None)
     batching: BatchingSpec | None = Field(default=None, exclude_if=lambda v: v is None)
+    clusters: ClusterSpec | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @property
     def rebuildable(self) -> bool:

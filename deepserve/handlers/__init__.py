@@ -13,6 +13,7 @@ Served KServe v2 signature (``Handler.inputs`` / ``outputs``): the graph's own t
     classification, text       text BYTES [-1, 1]     probabilities FP32 [-1, K]
     regression                 -                      -
     embedding, text / image    text / image BYTES     -
+    embedding with clusters    text / image BYTES     cluster INT64 [-1, 1], cluster_distance FP32 [-1, 1]
     image-generation           seed INT64 [-1, 1]     png BYTES [-1]
 
 A request sends either the graph's inputs or the one extra input, never both: the extra input is

@@ -21,6 +21,7 @@ class EmbeddingRequest(_Body):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
+    cluster: bool = Field(default=False, description="extension: add each input's nearest k-means cluster")
 
 
 class StreamOptions(_Body):

@@ -4,6 +4,11 @@ Streaming answers are server-sent events ending in ``data: [DONE]``; with
 ``stream_options.include_usage`` one extra chunk with ``"choices": []`` carries the usage.
 Chat prompts: the messages' texts joined by newlines (the GPTs here are plain language models,
 trained without a chat template).
+
+Extension of ``/v1/embeddings``: ``"cluster": true`` adds ``"cluster": {"id": 3, "distance": 0.21}``
+to each ``data`` item, the nearest k-means centroid of a model with clusters (``deepserve cluster``)
+and the distance to it in the model's metric (model.json ``clusters.metric``). OpenAI's SDKs send
+it with ``extra_body={"cluster": True}`` and keep the extra field on each item (``item.cluster``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from deepserve.handlers.embedding import EmbeddingHandler
 from deepserve.service import json_codec
 from deepserve.service.call import Call
 from deepserve.service.errors import InvalidRequestError
@@ -59,14 +65,35 @@ async def embeddings(request: Request, body: EmbeddingRequest) -> Response:
         )
         if not inputs:
             raise InvalidRequestError("'input' is empty; send a string or a list of strings")
+        clustered = _clustered(call) if body.cluster else None  # refused before any compute
         vectors, tokens = await call.embed(inputs)
+        # on the model's own vectors, before ``dimensions`` cuts them for the answer
+        clusters = _clusters(clustered, vectors) if clustered is not None else None
         vectors = _resize(vectors, body.dimensions)
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vectors)
         ]
+        for item, cluster in zip(data, clusters or [], strict=False):
+            item["cluster"] = cluster
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return _json({"object": "list", "data": data, "model": body.model, "usage": usage})
+
+
+def _clustered(call: Call) -> EmbeddingHandler:
+    """The model's handler when it serves k-means clusters (``deepserve cluster``); else a 400."""
+    handler = call.handler
+    if isinstance(handler, EmbeddingHandler) and handler.centroids is not None:
+        return handler
+    if isinstance(handler, EmbeddingHandler):
+        raise InvalidRequestError(handler.no_clusters())
+    raise InvalidRequestError(f"model {call.model!r} has no clusters ('cluster' needs an embedding model "
+                              "with clusters fitted by `deepserve cluster`)")  # fmt: skip
+
+
+def _clusters(handler: EmbeddingHandler, vectors: np.ndarray) -> list[dict[str, Any]]:
+    ids, distances = handler.assign_clusters(vectors)
+    return [{"id": int(i), "distance": float(d)} for i, d in zip(ids, distances, strict=True)]
 
 
 def _is_token_list(value: Any) -> bool:

@@ -10,6 +10,9 @@
 # - npm into $DEEPSERVE_TOOLS_DIR/node: ServiceMonitor model + js-yaml, Grafana schema + typescript
 # - perf_analyzer (tritonclient 2.51's binary) in the repo's .pa-venv, where deepserve.bench finds it:
 #   tests/e2e/test_perf_analyzer.py drives a served model with it (about 20 s, 260 MB)
+# - PyTriton (nvidia-pytriton, a bundled tritonserver 2.51) in $DEEPSERVE_TOOLS_DIR/pytriton-venv with
+#   the project's onnxruntime version: `deepserve bench --compare triton` and
+#   tests/bench/test_bench_compare_live.py serve the same model.onnx with it (about 20 s, 450 MB)
 #
 # Idempotent: each step is skipped when its tool already works (about 1 s in all then).
 # It never fails the run because one optional tool could not be installed: the tests that need
@@ -84,6 +87,15 @@ install_node_tools() {
         @kubernetes-models/prometheus-operator@6 js-yaml@4 @grafana/schema@13 typescript@5
 }
 
+install_pytriton() {
+    # its own venv: PyTriton pins numpy < 2 and its own tritonclient, which the project venv must not get
+    local base ort
+    base=$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)') || return 1
+    ort=$("$VENV/bin/python" -c 'from importlib.metadata import version; print(version("onnxruntime"))') || return 1
+    "$base" -m venv "$TOOLS_DIR/pytriton-venv" || return 1
+    quiet_pip "$TOOLS_DIR/pytriton-venv/bin/python" -m pip install -q nvidia-pytriton==0.7.0 "onnxruntime==$ort"
+}
+
 install_perf_analyzer() {
     (cd "$REPO" && bash deepserve/bench/tools/install_perf_analyzer.sh .pa-venv >/dev/null)
 }
@@ -98,6 +110,8 @@ else
     step "checkov" "test -x '$TOOLS_DIR/checkov-venv/bin/checkov' && ls '$TOOLS_DIR'/checkov-venv/lib/python3*/site-packages/checkov-*.dist-info" \
         install_checkov
     step "kserve SDK (typed models)" "'$TOOLS_DIR/kserve-venv/bin/python' -c 'import kserve'" install_kserve
+    step "PyTriton (pytriton-venv)" "'$TOOLS_DIR/pytriton-venv/bin/python' -c 'import pytriton, onnxruntime'" \
+        install_pytriton
 fi
 step "kubectl (kustomize)" "kubectl version --client" install_kubectl
 step "prometheus + promtool (apt)" "command -v prometheus && command -v promtool" install_prometheus

@@ -4,6 +4,7 @@
     deepserve bench tabular-mlp --url http://127.0.0.1:8000 --rate 200,400 --duration 20
     deepserve bench minilm --store model_store --slo-p99-ms 250
     deepserve bench --make-models /tmp/bench_store          # the classifiers suite's bench models
+    deepserve bench bench-mlp --store /tmp/bench_store --protocol both --compare triton,torchserve,naive
 
 Writes results.csv, results.json, throughput.png and latency.png into --out and prints a table.
 
@@ -12,6 +13,7 @@ bench/results/NAME/ (``deepserve bench --suite NAME --help`` for its options):
   classifiers  seeded ResNet-18-shaped CNN and tiny MLP vs a naive server, in-process, perf_analyzer
   defaults     the default models of a store
   generation   the generation engine's concurrent streams vs the same requests one at a time
+  compare      tiny MLP beside Triton (PyTriton), TorchServe and the naive server, in one run
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,6 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
+from deepserve.bench.peers import parse_peers
 from deepserve.bench.sweep import LevelResult, RunConfig
 
 
@@ -73,14 +78,18 @@ def _load_args(p: argparse.ArgumentParser) -> None:
 def _baseline_args(p: argparse.ArgumentParser) -> None:
     """What the served figures are compared with, and where results go."""
     a = p.add_argument
-    a("--naive", action="store_true", help="also bench a naive FastAPI endpoint on the same file")
+    a("--naive", action="store_true", help="also bench a naive FastAPI endpoint (= naive in --compare)")
     a("--no-ceiling", action="store_true", help="skip the in-process ceiling")
     a("--ceiling-batches", type=_floats, default=[1, 8, 16, 32, 64])
-    a("--threads", type=int, help="ONNX Runtime threads for the ceiling and the naive server")
+    a("--threads", type=int, help="ONNX Runtime threads for the ceiling, naive and triton")
     a("--device", default="cpu", help="device for the in-process ceiling (cpu, cuda)")
     a("--precision", help="variant precision for the ceiling (default: the server's choice)")
-    a("--compare", choices=["torchserve"], help="run the same sweep against TorchServe")
-    a("--perf-analyzer", action="store_true", help="run perf_analyzer with the same settings")
+    a("--compare", type=parse_peers, metavar="PEERS",
+      help="serve the same model with these peers too and measure them in the same sweep, level by "
+      "level: a comma-separated list of triton (PyTriton), torchserve, naive")
+    a("--triton-delay-us", type=int, default=100, help="Triton's max_queue_delay_microseconds (--compare)")
+    a("--no-install", action="store_true", help="skip a peer whose tool is missing instead of installing it")
+    a("--perf-analyzer", action="store_true", help="also run perf_analyzer, on deepserve and v2 peers")
     a("--out", type=Path, help="output folder (default bench/out/MODEL-TIMESTAMP)")
     a("--make-models", type=Path, metavar="STORE", help="create the classifiers suite's models, then exit")
 
@@ -139,10 +148,20 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("bench/out") / f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
+        _unwind_on_sigterm(stack)
         session = BenchSession(args, run_config(args), console, out, stack)
         doc = session.run()
     write_outputs(doc, session.results, out, console, session.ceiling_value())
     return 0
+
+
+def _unwind_on_sigterm(stack: ExitStack) -> None:
+    """SIGTERM (a timeout, a shared machine's job control) unwinds like Ctrl-C, so the servers and
+    peers the run started are stopped by ``stack`` instead of being left running."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stack.callback(signal.signal, signal.SIGTERM, previous)
 
 
 def write_outputs(
@@ -163,12 +182,25 @@ def write_outputs(
         plots.plot(results, out, doc["model"], ceiling)
     wide = Console() if sys.stdout.isatty() else Console(width=240)
     wide.print(report.table(results, f"deepserve bench {doc['model']}"))
+    _write_comparison(doc, out, wide)
     for r in results:
         for status, body in r.error_samples.items():
             console.print(
                 f"[red]{r.target} {r.mode}={r.level:g}: {r.errors[status]} x {status}[/red] e.g. {body!r}"
             )
-    console.print(f"results in {out}/ (results.csv, results.json, throughput.png, latency.png)")
+    extra = ", compare.png" if (out / "compare.png").is_file() else ""
+    console.print(f"results in {out}/ (results.csv, results.json, throughput.png, latency.png{extra})")
+
+
+def _write_comparison(doc: dict[str, Any], out: Path, console: Console) -> None:
+    """The side-by-side table and compare.png when peers were measured."""
+    from deepserve.bench import compare
+
+    if not doc.get("comparison"):
+        return
+    rows, peers, ours = compare.from_dicts(doc["comparison"]), list(doc.get("peers", {})), doc["label"]
+    console.print(compare.table(rows, ours, peers))
+    compare.plot(rows, ours, peers, out / "compare.png")
 
 
 if __name__ == "__main__":

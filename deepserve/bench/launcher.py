@@ -1,7 +1,7 @@
-"""Start a server on loopback for a run (deepserve, the naive baseline), wait until ready, stop it.
+"""Start a server on loopback for a run (deepserve, the naive baseline, a peer), wait until ready, stop it.
 
-Also reads a process's CPU time from /proc, so the report can say how much CPU the server used
-next to the client's own.
+Also reads a process tree's CPU time from /proc, so the report can say how much CPU the server
+used next to the client's own (a peer such as Triton or TorchServe is several processes).
 """
 
 from __future__ import annotations
@@ -35,18 +35,30 @@ class Server:
     log: Path
     ready_s: float
     grpc_target: str | None = None
+    own_group: bool = False  # started in a session of its own: stop the whole group it spawned
 
     def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.process.pid)
+        return process_tree_cpu_seconds(self.process.pid)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            if self.own_group:
+                os.killpg(self.process.pid, sig)  # its group id is its pid (start_new_session)
+            else:
+                self.process.send_signal(sig)
+        except ProcessLookupError:
+            pass
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._signal(signal.SIGKILL)
                 self.process.wait(5)
+        if self.own_group:
+            self._signal(signal.SIGKILL)  # children that outlived their parent (a server binary it ran)
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -59,9 +71,32 @@ def process_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _ready(url: str) -> bool:
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids += [int(x) for x in task.read_text().split()]
+        except OSError:
+            continue
+    return kids
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and all its live descendants (a server's workers, a binary it runs)."""
+    total, todo, seen = 0.0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += process_cpu_seconds(p)
+        todo += _children(p)
+    return total
+
+
+def _ready(url: str, path: str = "/v2/health/ready") -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as resp:
+        with urllib.request.urlopen(f"{url}{path}", timeout=1) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -75,21 +110,25 @@ def start(
     timeout: float = 120.0,
     env: dict[str, str] | None = None,
     grpc_target: str | None = None,
+    python: str = sys.executable,
+    ready_path: str = "/v2/health/ready",
+    own_group: bool = False,
 ) -> Server:
-    """Run ``python argv...`` and poll ``url``/v2/health/ready until 200 (or fail with its log)."""
+    """Run ``python argv...`` and poll ``url`` + ``ready_path`` until 200 (or fail with its log).
+
+    ``own_group``: start it in a new session, so stopping it also ends the processes it spawned."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, *argv], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
+        proc = subprocess.Popen([python, *argv], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, start_new_session=own_group)  # fmt: skip
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
         if proc.poll() is not None:
             break
-        if _ready(url):
-            return Server(proc, url, log, time.perf_counter() - t0, grpc_target)
+        if _ready(url, ready_path):
+            return Server(proc, url, log, time.perf_counter() - t0, grpc_target, own_group)
         time.sleep(0.05)
-    Server(proc, url, log, 0.0).stop()
+    Server(proc, url, log, 0.0, own_group=own_group).stop()
     tail = log.read_text(errors="replace")[-2000:]
     raise ServerStartError(
         f"{' '.join(argv)} was not ready at {url} within {timeout:.0f}s "

@@ -1,8 +1,10 @@
 """The naive baseline: a plain FastAPI endpoint, one request -> one ONNX Runtime run, no batching.
 
 It speaks the same KServe v2 infer route (JSON and binary tensors) as deepserve, so the bench sends
-the very same request bytes to both. This is what most teams write first; the classifiers suite
-asks deepserve to beat it. Run:
+the very same request bytes to both, and answers the model metadata and config routes that
+perf_analyzer reads before it drives a server (from the ONNX signature and model.json's
+max_batch_size). This is what most teams write first; the classifiers suite asks deepserve to beat
+it. Run:
 ``python -m deepserve.bench.naive_server --version-dir STORE/m/1 --name m --port 8100``.
 """
 
@@ -19,6 +21,9 @@ from fastapi import FastAPI, Request, Response
 from deepserve.bench.inputs import NUMPY_DTYPES
 
 _KSERVE = {np.dtype(v): k for k, v in NUMPY_DTYPES.items()}
+_ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
+              "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int8)": "INT8",
+              "tensor(uint8)": "UINT8", "tensor(bool)": "BOOL"}  # fmt: skip
 
 
 def decode_inputs(body: bytes, header_len: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -53,19 +58,61 @@ def encode_outputs(names: list[str], arrays: list[np.ndarray], binary: bool) -> 
     return (head + b"".join(blobs), len(head)) if binary else (head, None)
 
 
-def create_app(version_dir: Path, name: str, threads: int | None = None) -> FastAPI:
+def signature(sess: Any, name: str, max_batch_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(v2 model metadata, Triton model config) of the session's graph: what perf_analyzer reads."""
+
+    def tensors(args: Any) -> list[dict[str, Any]]:
+        return [{"name": a.name, "datatype": _ORT_TYPES.get(a.type, "BYTES"),
+                 "shape": [d if isinstance(d, int) else -1 for d in a.shape]} for a in args]  # fmt: skip
+
+    inputs, outputs = tensors(sess.get_inputs()), tensors(sess.get_outputs())
+    skip = 1 if max_batch_size > 0 else 0
+
+    def config(t: dict[str, Any]) -> dict[str, Any]:
+        return {"name": t["name"], "data_type": f"TYPE_{t['datatype']}", "dims": t["shape"][skip:]}
+
+    metadata = {"name": name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": inputs,
+                "outputs": outputs}  # fmt: skip
+    cfg = {"name": name, "platform": "onnxruntime_onnx", "max_batch_size": max_batch_size,
+           "input": [config(t) for t in inputs], "output": [config(t) for t in outputs]}  # fmt: skip
+    return metadata, cfg
+
+
+def _max_batch_size(version_dir: Path) -> int:
+    spec = version_dir / "model.json"
+    return int(json.loads(spec.read_text()).get("max_batch_size", 0)) if spec.is_file() else 0
+
+
+def _session(version_dir: Path, threads: int | None) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(version_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(version_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+
+
+def create_app(version_dir: Path, name: str, threads: int | None = None) -> FastAPI:
+    sess = _session(version_dir, threads)
     out_names = [o.name for o in sess.get_outputs()]
+    metadata, config = signature(sess, name, _max_batch_size(version_dir))
     app = FastAPI()
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:
         return Response(status_code=200)
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "naive-fastapi", "version": "0", "extensions": []}
+
+    @app.get("/v2/models/{model}")
+    async def model_metadata(model: str) -> dict[str, Any]:
+        return metadata
+
+    @app.get("/v2/models/{model}/config")
+    async def model_config(model: str) -> dict[str, Any]:
+        return config
 
     @app.post("/v2/models/{model}/infer")
     async def infer(model: str, request: Request) -> Response:

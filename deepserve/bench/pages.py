@@ -19,7 +19,9 @@ from deepserve.bench import report
 from deepserve.bench.sweep import LevelResult
 
 PLOTS = ("throughput.png", "latency.png")
-_DOC_KEYS = ("model", "started", "machine", "server", "task", "ceiling", "perf_analyzer")
+COMPARE_PLOT = "compare.png"  # only a run with --compare peers has it
+_DOC_KEYS = ("model", "label", "started", "machine", "server", "task", "ceiling", "perf_analyzer", "peers",
+             "peers_skipped", "comparison")  # fmt: skip
 
 
 def compact(doc: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +42,7 @@ def run_bench(argv: list[str], plots: Path) -> dict[str, Any]:
         raise SystemExit(f"deepserve bench {shlex.join(argv)} failed")
     doc: dict[str, Any] = json.loads((out / "results.json").read_text())
     plots.mkdir(parents=True, exist_ok=True)
-    for name in PLOTS:
+    for name in (*PLOTS, COMPARE_PLOT):
         if (out / name).is_file():
             shutil.copyfile(out / name, plots / name)
     return compact({**doc, "argv": argv, "plots": str(plots)})
@@ -83,4 +85,22 @@ def section(title: str, doc: dict[str, Any], page_dir: Path) -> str:
     lines += [report.markdown_table(results_of(doc)), ""]
     rel = Path(os.path.relpath(doc["plots"], page_dir)).as_posix()
     lines += [f"![throughput]({rel}/throughput.png) ![latency]({rel}/latency.png)", ""]
+    if doc.get("comparison"):
+        lines += [comparison_section(doc), f"![side by side]({rel}/{COMPARE_PLOT})", ""]
+    return "\n".join(lines)
+
+
+def comparison_section(doc: dict[str, Any]) -> str:
+    """The run's peers, how each ran, and the side-by-side table (deepserve / peer per level)."""
+    from deepserve.bench import compare
+
+    ours, peers = doc.get("label", "deepserve"), list(doc.get("peers", {}))
+    rows = compare.from_dicts(doc["comparison"])
+    lines = [f"Side by side, same run and rows: {ours} / peer > 1 means {ours} answered more.", ""]
+    lines += [f"- {name}: {note}" for name, note in doc.get("peers", {}).items()]
+    lines += [f"- {line}" for line in doc.get("peers_skipped", [])]
+    lines += ["", compare.markdown(rows, ours, peers), "", compare.UNSETTLED_NOTE, ""]
+    lagging = compare.behind(rows)
+    verdict = f"{ours} behind at: {'; '.join(lagging)}." if lagging else f"{ours} ahead at every level."
+    lines += [verdict, ""]
     return "\n".join(lines)

@@ -4,7 +4,8 @@ Found on PATH, at $DEEPSERVE_PERF_ANALYZER, or in a ``.pa-venv`` (the binary bun
 tritonclient 2.41/2.51 wheels, in a venv of its own: tools/install_perf_analyzer.sh; it needs
 libcudart from the venv's nvidia/cuda_runtime/lib even for HTTP). Same model, protocol, tensor
 format, concurrency levels, window length and the same input rows (written as perf_analyzer
---input-data JSON). Skips with a clear note when absent.
+--input-data JSON), for deepserve and for every ``--compare`` peer that speaks KServe v2
+(Triton, the naive endpoint); each row names its server. Skips with a clear note when absent.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +41,8 @@ class PerfAnalyzerReport:
         if not self.available or not self.rows:
             return f"perf_analyzer: {self.message}"
         parts = [
-            f"{r['run']} {r['level']:g}: {r['infer_per_s']:,.1f} infer/s p99 {r['p99_ms']:.1f} ms"
-            + ("" if r["stable"] else " (no stable window)")
+            f"{r.get('server', 'deepserve')} {r['run']} {r['level']:g}: {r['infer_per_s']:,.1f} infer/s "
+            f"p99 {r['p99_ms']:.1f} ms" + ("" if r["stable"] else " (no stable window)")
             for r in self.rows
         ]
         return "perf_analyzer: " + "; ".join(parts) + (f" [{self.message.strip()}]" if self.message else "")
@@ -149,6 +151,41 @@ def _command(
     ]
 
 
+@dataclass(frozen=True)
+class V2Server:
+    """A server perf_analyzer can drive: its label, HTTP url, gRPC host:port, HTTP tensor formats."""
+
+    label: str
+    url: str | None
+    grpc_url: str | None
+    formats: tuple[str, ...] = ("json",)
+
+
+def _runs(server: V2Server, protocol: str) -> list[tuple[str, str]]:
+    runs = [("http", f) for f in server.formats] if protocol in ("http", "both") and server.url else []
+    return runs + ([("grpc", "binary")] if protocol in ("grpc", "both") and server.grpc_url else [])
+
+
+Rows = list[dict[str, Any]]
+
+
+def _measure(binary: Path, info: ModelInfo, server: V2Server, proto: str, fmt: str, flag: str,
+             level: float, cfg: RunConfig, data: Path, out: Path) -> tuple[Rows, str]:  # fmt: skip
+    """One perf_analyzer run; (its rows, tagged with the server, and a message when it failed)."""
+    target = str(server.url).split("//")[-1] if proto == "http" else str(server.grpc_url)
+    csv_path, run = out / f"perf_analyzer_{server.label}_{proto}_{fmt}.csv", f"perf_analyzer {proto}/{fmt}"
+    csv_path.unlink(missing_ok=True)
+    cmd = _command(binary, info, target, proto, fmt, flag, level, cfg, data, csv_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(binary), timeout=600)
+    if proc.returncode == 0 and csv_path.is_file():
+        rows, message = _parse_csv(csv_path, run), ""
+    else:
+        rows = _last_pass(proc.stdout, run, level)
+        last = (proc.stdout.strip().splitlines() or [""])[-1] + proc.stderr[-300:]
+        message = f"{server.label} {proto}/{fmt} {level:g}: {last.strip()} "
+    return [{**r, "server": server.label} for r in rows], message
+
+
 def run_perf_analyzer(
     info: ModelInfo,
     url: str,
@@ -159,7 +196,11 @@ def run_perf_analyzer(
     levels: list[float],
     cfg: RunConfig,
     out: Path,
+    *,
+    label: str = "deepserve",
+    peers: Sequence[V2Server] = (),
 ) -> PerfAnalyzerReport:
+    """perf_analyzer against deepserve (``url``/``grpc_url``) and each v2 peer, the same rows for all."""
     binary = find_binary()
     if binary is None:
         return PerfAnalyzerReport(
@@ -171,22 +212,14 @@ def run_perf_analyzer(
         return PerfAnalyzerReport(False, str(binary), message="skipped: needs a tensor model")
     data = input_data(info, out)
     report = PerfAnalyzerReport(True, str(binary))
-    runs = [("http", f) for f in formats] if protocol in ("http", "both") else []
-    runs += [("grpc", "binary")] if protocol in ("grpc", "both") and grpc_url else []
+    servers = [V2Server(label, url, grpc_url, tuple(formats)), *peers]
     flag = "--concurrency-range" if mode == "concurrency" else "--request-rate-range"
-    # level by level, each protocol in turn: a shared machine drifts, and protocols compared at one
-    # level should be measured minutes apart at most, not a whole sweep apart
+    # level by level, each server and protocol in turn: a shared machine drifts, and what is
+    # compared at one level should be measured minutes apart at most, not a whole sweep apart
     for level in levels:
-        for proto, fmt in runs:
-            target = url.split("//")[-1] if proto == "http" else str(grpc_url)
-            csv_path, run = out / f"perf_analyzer_{proto}_{fmt}.csv", f"perf_analyzer {proto}/{fmt}"
-            csv_path.unlink(missing_ok=True)
-            cmd = _command(binary, info, target, proto, fmt, flag, level, cfg, data, csv_path)
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(binary), timeout=600)
-            if proc.returncode == 0 and csv_path.is_file():
-                report.rows += _parse_csv(csv_path, run)
-                continue
-            report.rows += _last_pass(proc.stdout, run, level)
-            last = (proc.stdout.strip().splitlines() or [""])[-1] + proc.stderr[-300:]
-            report.message += f"{proto}/{fmt} {level:g}: {last.strip()} "
+        for server in servers:
+            for proto, fmt in _runs(server, protocol):
+                rows, message = _measure(binary, info, server, proto, fmt, flag, level, cfg, data, out)
+                report.rows += rows
+                report.message += message
     return report

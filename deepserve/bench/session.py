@@ -1,6 +1,6 @@
-"""One `deepserve bench` run: server, inputs, ceiling, sweep, baselines, SLO search, extras.
+"""One `deepserve bench` run: server, inputs, ceiling, peers, sweep, SLO search, extras, comparison.
 
-Every step that needs something absent (a store for the ceiling, torchserve, perf_analyzer) is
+Every step that needs something absent (a store for the ceiling, a peer's tool, perf_analyzer) is
 skipped with a note in the report instead of failing the whole run.
 """
 
@@ -18,12 +18,14 @@ from typing import Any
 
 from rich.console import Console
 
-from deepserve.bench import launcher, runner
+from deepserve.bench import compare, launcher, runner
 from deepserve.bench.ceiling import Ceiling, measure_ceiling
 from deepserve.bench.inputs import ModelInfo
 from deepserve.bench.model_info import resolve
+from deepserve.bench.peers import Batching, PeerContext, PeerServer, start_peers
+from deepserve.bench.server_stats import model_config
 from deepserve.bench.sweep import LevelResult, RunConfig, Target
-from deepserve.bench.targets import Shape, build_targets, http_target, split_url
+from deepserve.bench.targets import Shape, build_targets, split_url
 
 
 class BenchSession:
@@ -36,6 +38,7 @@ class BenchSession:
         self.ceiling: Ceiling | None = None
         self.doc: dict[str, Any] = {
             "model": args.model,
+            "label": args.label,
             "command": "deepserve bench " + shlex.join(sys.argv[1:]),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "config": asdict(cfg),
@@ -83,12 +86,16 @@ class BenchSession:
         targets = build_targets(info, url, grpc_url, self.args.protocol, formats, self.shape,
                                 server_pid=pid, label=self.args.label)  # fmt: skip
         self._measure_ceiling(info)
-        baselines = self._naive(info, formats) if self.args.naive else []
-        self.results += runner.sweep([*targets, *baselines], self.mode, self.levels, self.cfg, self.console)
+        peers = self._start_peers(info, formats, url)
+        peer_targets = [t for p in peers for t in p.targets]
+        self.results += runner.sweep(
+            [*targets, *peer_targets], self.mode, self.levels, self.cfg, self.console
+        )
         self._remeasure_ceiling(info)
         if self.args.slo_p99_ms:
             self._slo(targets)
-        self._extras(info, url, grpc_url, formats)
+        self._extras(info, url, grpc_url, formats, peers)
+        self._compare(peers)
         if self.ceiling:
             for r in self.results:
                 r.pct_of_ceiling = 100 * r.items_per_s / self.ceiling.items_per_s
@@ -135,18 +142,30 @@ class BenchSession:
         runs = ", ".join(f"{x:,.1f}" for x in self.ceiling.runs)
         self.note(f"in-process ceiling before/after the sweep: {runs} items/s; using the mean")
 
-    def _naive(self, info: ModelInfo, formats: list[str]) -> list[Target]:
-        """Start the naive FastAPI baseline on the same file; its targets join the sweep."""
-        if info.version_dir is None or info.is_generation:
-            self.note("naive FastAPI baseline skipped (needs a local non-generation model.onnx)")
+    @property
+    def peer_names(self) -> list[str]:
+        names = list(self.args.compare or [])
+        old_flag = ["naive"] if self.args.naive and "naive" not in names else []  # --naive: the old spelling
+        return names + old_flag
+
+    def _batching(self, info: ModelInfo, url: str) -> Batching:
+        """Peers batch to deepserve's own limit for the model, as served (its config route)."""
+        served = int(model_config(url, info.name).get("max_batch_size") or 0)
+        return Batching(served or info.max_batch_size or 32, self.args.triton_delay_us)
+
+    def _start_peers(self, info: ModelInfo, formats: list[str], url: str) -> list[PeerServer]:
+        """Start the --compare peers on the same file; they stay up for the whole sweep."""
+        if not self.peer_names:
             return []
-        with self.console.status("starting the naive FastAPI baseline ..."):
-            naive = launcher.start_naive(
-                info.version_dir, info.name, self.out / "naive.log", threads=self.args.threads
-            )
-        self.stack.callback(naive.stop)
-        return [http_target(info, naive.url, f, self.shape, label="naive-fastapi", stats=False,
-                            server_pid=naive.process.pid) for f in formats]  # fmt: skip
+        a = self.args
+        batching = self._batching(info, url)
+        ctx = PeerContext(info, formats, a.protocol, self.shape, self.out, self.console, self.stack,
+                          batching, threads=a.threads, install_tools=not a.no_install)  # fmt: skip
+        peers, skipped = start_peers(self.peer_names, ctx)
+        for line in [f"{p.name}: {p.note}" for p in peers] + skipped:
+            self.note(line)
+        self.doc["peers"], self.doc["peers_skipped"] = {p.name: p.note for p in peers}, skipped
+        return peers
 
     def _slo(self, targets: list[Target]) -> None:
         searches = {}
@@ -180,20 +199,29 @@ class BenchSession:
             self.note(f"SLO p99 <= {result.slo_p99_ms:g} ms, {target.label}: goodput {best}")
         self.doc["slo"] = searches
 
-    def _extras(self, info: ModelInfo, url: str, grpc_url: str | None, formats: list[str]) -> None:
+    def _extras(
+        self, info: ModelInfo, url: str, grpc_url: str | None, formats: list[str], peers: list[PeerServer]
+    ) -> None:
         if self.args.perf_analyzer:
-            from deepserve.bench.perf_analyzer import run_perf_analyzer
+            from deepserve.bench.perf_analyzer import V2Server, run_perf_analyzer
 
-            pa = run_perf_analyzer(
-                info, url, grpc_url, self.args.protocol, formats, self.mode, self.levels, self.cfg, self.out
-            )
+            v2 = [V2Server(p.name, p.v2_url, p.v2_grpc, tuple(p.v2_formats)) for p in peers
+                  if p.v2_url or p.v2_grpc]  # fmt: skip
+            a, servers = self.args, ", ".join([self.args.label, *(s.label for s in v2)])
+            with self.console.status(f"perf_analyzer: {servers} ..."):
+                pa = run_perf_analyzer(info, url, grpc_url, a.protocol, formats, self.mode, self.levels,
+                                       self.cfg, self.out, label=a.label, peers=v2)  # fmt: skip
             self.doc["perf_analyzer"] = pa.as_dict()
             self.note(pa.summary())
-        if self.args.compare == "torchserve":
-            from deepserve.bench.torchserve import compare_torchserve
 
-            ts_results, message = compare_torchserve(
-                info, self.mode, self.levels, self.cfg, self.console, self.out
-            )
-            self.results += ts_results
-            self.note(message)
+    def _compare(self, peers: list[PeerServer]) -> None:
+        """The side-by-side rows: deepserve's throughput over each peer's, per generator and level."""
+        if not peers:
+            return
+        names = [p.name for p in peers]
+        pa_rows = (self.doc.get("perf_analyzer") or {}).get("rows") or []
+        rows = compare.build(self.results, pa_rows, self.args.label, names)
+        self.doc["comparison"] = [r.as_dict() for r in rows]
+        lagging = compare.behind(rows)
+        self.note(f"{self.args.label} behind at: {'; '.join(lagging)}" if lagging
+                  else f"{self.args.label} ahead of {', '.join(names)} at every level measured")  # fmt: skip

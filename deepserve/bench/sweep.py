@@ -101,10 +101,10 @@ def _loader(target: Target) -> Any:
 
 
 def _cpu_now(pid: int | None) -> tuple[float, float, float]:
-    from deepserve.bench.launcher import process_cpu_seconds
+    from deepserve.bench.launcher import process_tree_cpu_seconds
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return _clock(), ru.ru_utime + ru.ru_stime, process_cpu_seconds(pid) if pid else 0.0
+    return _clock(), ru.ru_utime + ru.ru_stime, process_tree_cpu_seconds(pid) if pid else 0.0
 
 
 async def _ticker(load: Any, on_tick: Callable[[int], None]) -> None:

@@ -1,13 +1,12 @@
-"""--perf-analyzer and --compare torchserve skip with a clear message when their tools are absent."""
+"""--perf-analyzer skips with a clear message when its tool is absent (--compare: test_bench_compare.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
-from deepserve.bench import perf_analyzer, torchserve
+from deepserve.bench import perf_analyzer
 from deepserve.bench.inputs import InputSpec, ModelInfo
 from deepserve.bench.sweep import RunConfig
 
@@ -39,11 +38,3 @@ def test_perf_analyzer_keeps_the_last_pass_of_an_unstable_run() -> None:
     )
     (row,) = perf_analyzer._last_pass(out, "perf_analyzer http/json", 4)
     assert row["infer_per_s"] == 707.4 and row["avg_ms"] == 5.64 and row["stable"] is False
-
-
-def test_torchserve_comparison_skips_clearly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
-    results, message = torchserve.compare_torchserve(
-        INFO, "concurrency", [1], RunConfig(), Console(), tmp_path
-    )
-    assert results == [] and "skipped" in message and "torchserve" in message

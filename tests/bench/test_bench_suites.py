@@ -89,13 +89,13 @@ def test_defaults_writes_raw_apart_and_reuses_the_page_with_only(
     assert set(pages.read_summary(out)) == {image, "Tabular MLP (tabular-mlp), JSON"}
 
 
-@pytest.mark.parametrize("suite", ["classifiers", "defaults"])
+@pytest.mark.parametrize("suite", ["classifiers", "defaults", "compare"])
 def test_the_committed_pages_link_only_files_that_exist(suite: str) -> None:
     page = REPO / "bench" / "results" / suite
     summary = pages.read_summary(page)
     assert summary, f"{page}/summary.json is missing"
     for doc in summary.values():
-        for name in pages.PLOTS:
+        for name in (*pages.PLOTS, *([pages.COMPARE_PLOT] if doc.get("comparison") else [])):
             assert (REPO / doc["plots"] / name).is_file()
     assert not [p for p in page.rglob("*") if p.suffix in (".log", ".csv")], "raw output in the page"
 
@@ -106,3 +106,11 @@ def test_classifiers_page_renders_from_its_summary() -> None:
     text = classifiers.render(docs["resnet18"], docs["mlp"], "deepserve bench --suite classifiers", page)
     assert "### Targets" in text and "![throughput](resnet18/throughput.png)" in text
     assert "gRPC no slower than HTTP (perf_analyzer drives both)" in text
+
+
+def test_compare_page_renders_from_its_summary() -> None:
+    page = REPO / "bench" / "results" / "compare"
+    doc = pages.read_summary(page)["mlp"]
+    text = pages.section("Tiny MLP", doc, page)
+    assert "| generator | protocol | level | deepserve /s (p50 ms)" in text and "deepserve/triton" in text
+    assert "![side by side](mlp/compare.png)" in text

@@ -14,6 +14,7 @@ SUITES: dict[str, str] = {
     "ceiling and perf_analyzer",
     "defaults": "the default models of a store (digits-cnn, tabular-mlp, minilm, docs-gpt)",
     "generation": "the generation engine's concurrent streams vs the same requests one at a time",
+    "compare": "tiny MLP beside Triton (PyTriton), TorchServe and a naive server, HTTP and gRPC, one run",
 }
 
 

@@ -72,7 +72,7 @@ def _verdicts(resnet: dict[str, Any], mlp: dict[str, Any]) -> list[Verdict]:
 
 def _pa_rows(doc: dict[str, Any]) -> dict[tuple[str, float], dict[str, Any]]:
     rows = (doc.get("perf_analyzer") or {}).get("rows") or []
-    return {(r["run"], r["level"]): r for r in rows}
+    return {(r["run"], r["level"]): r for r in rows if r.get("server", "deepserve") == "deepserve"}
 
 
 def _grpc_verdicts(mlp: dict[str, Any]) -> list[Verdict]:

@@ -36,7 +36,7 @@ COPY pyproject.toml README.md ./
 COPY deepserve/ deepserve/
 # Serving needs no torch: the build fails if a dependency pulls it (or the training stack) in.
 # `python -I`: without it the source tree in /src would shadow the installed package.
-RUN uv pip install ".[${SERVE_EXTRA}]" \
+RUN uv pip install ".[${SERVE_EXTRA},tracing]" \
     && python -I -c "import importlib.util as u, sys; \
 bad = [m for m in ('torch', 'sklearn', 'matplotlib', 'onnx') if u.find_spec(m)]; \
 sys.exit(f'the runtime venv must not hold {bad}' if bad else 0)" \

@@ -2,6 +2,10 @@
 
 SIGTERM / SIGINT: readiness turns false and new requests get 503 at once, in-flight work
 (streams included) finishes within ``drain_timeout_s``, then the process exits 0.
+
+``--workers N`` (``DEEPSERVE_WORKERS``): a supervisor (``service.workers``) checks and holds the
+ports, then runs N such processes (``run_worker``), each serving the same ports with its own
+event loop and models.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 import socket
 import ssl
@@ -25,7 +30,9 @@ from deepserve.service.dataplane import DataPlane
 from deepserve.service.grpc_server import GrpcServer, create_grpc_server
 from deepserve.service.grpc_service import InferenceServicer
 from deepserve.service.logs import configure_logging
+from deepserve.service.ports import bind_listeners, served_at, taken
 from deepserve.service.settings import Settings
+from deepserve.service.worker_state import WorkerSpec
 
 log = logging.getLogger("deepserve")
 BACKLOG = 4096  # connections the kernel queues before accept: bursts of new clients are not refused
@@ -49,12 +56,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--grpc-port", type=int, help="gRPC port (DEEPSERVE_GRPC_PORT, default 8001; 0 = off)"
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--workers", type=_at_least_one, help="server processes sharing the ports, for "
+                        "small models and many clients (DEEPSERVE_WORKERS, default 1)")  # fmt: skip
+
+
+def _at_least_one(text: str) -> int:
+    count = int(text) if text.strip().isdigit() else 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of processes, 1 or more")
+    return count
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Environment first, then command-line flags that were given."""
     flags = {"model_store": args.store, "host": args.host, "http_port": args.http_port,
-             "grpc_port": args.grpc_port, "log_level": args.log_level}  # fmt: skip
+             "grpc_port": args.grpc_port, "log_level": args.log_level, "workers": args.workers}  # fmt: skip
     given = {k: v for k, v in flags.items() if v is not None}
     if given.get("grpc_port") == 0:
         given["enable_grpc"] = False
@@ -104,6 +120,34 @@ def run(settings: Settings) -> int:
 
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created doubles scrapes
     configure_logging(settings)
+    refused = _check_store(settings)
+    if refused:
+        return refused
+    if settings.workers > 1:
+        from deepserve.service.workers import run_workers
+
+        return run_workers(settings)
+    return _serve_here(settings, None)
+
+
+def run_worker(settings: Settings, worker: WorkerSpec) -> int:
+    """One worker of ``--workers``: its supervisor checked the store and holds the ports."""
+    import prometheus_client
+
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    configure_logging(settings)
+    return _serve_here(settings, worker)
+
+
+def _serve_here(settings: Settings, worker: WorkerSpec | None) -> int:
+    import uvloop  # comes with uvicorn[standard]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(settings, worker))
+
+
+def _check_store(settings: Settings) -> int:
+    """0 when the store can be served, else 2 with one line that says why."""
     uri = settings.model_store_uri
     if uri is not None:  # listed now: wrong credentials or a wrong URI are one line, before anything starts
         from deepserve.remote_store import RemoteStore, RemoteStoreError
@@ -123,39 +167,14 @@ def run(settings: Settings) -> int:
             "`deepserve up` / `deepserve store build --store %s`", settings.model_store, settings.model_store
         )
         return 2
-    import uvloop  # comes with uvicorn[standard]
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(serve(settings))
+    return 0
 
 
-def _bind_http(host: str, port: int, backlog: int) -> list[socket.socket]:
-    """The HTTP sockets, listening before anything starts: a taken port is one clear error, and a
-    second server cannot take the port while the first loads its models. One socket per address
-    the host resolves to, as asyncio's create_server binds them ("localhost": 127.0.0.1 and ::1)."""
-    sockets: list[socket.socket] = []
+async def serve(settings: Settings, worker: WorkerSpec | None = None) -> int:
+    """``worker``: one of ``--workers``, on ports shared with its siblings (``SO_REUSEPORT``)."""
+    share = worker is not None
     try:
-        infos = socket.getaddrinfo(
-            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:  # its own socket for IPv6, as asyncio does
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(backlog)
-    except OSError as exc:
-        for sock in sockets:
-            sock.close()
-        raise OSError(f"cannot bind HTTP on {host}:{port}: {exc.strerror or exc}") from exc
-    return sockets
-
-
-async def serve(settings: Settings) -> int:
-    try:
-        http_sockets = _bind_http(settings.host, settings.http_port, BACKLOG)
+        http_sockets = bind_listeners(settings.host, settings.http_port, BACKLOG, share=share)
     except OSError as exc:
         return _cannot_bind(exc)
     try:
@@ -164,27 +183,28 @@ async def serve(settings: Settings) -> int:
         for sock in http_sockets:
             sock.close()
         return _cannot_bind(exc)
-    plane = DataPlane(settings)
+    plane = DataPlane(settings, worker=worker)
     http = _Uvicorn(_uvicorn_config(create_app(plane), settings))
     management = _ManagementServer(plane, settings, management_sockets) if management_sockets else None
     grpc_server = None
     if settings.enable_grpc:
-        grpc_server = create_grpc_server(InferenceServicer(plane), settings, ready=plane.ready)
+        servicer = InferenceServicer(plane)
+        grpc_server = create_grpc_server(servicer, settings, ready=plane.ready, share_port=share)
         try:
             await grpc_server.start()
         except OSError as exc:
             for sock in http_sockets + management_sockets:
                 sock.close()
             return _cannot_bind(exc)
-    await plane.start()  # models load in the background: liveness answers now, readiness when loaded
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_event(worker)
     http_task = asyncio.create_task(http.serve(sockets=http_sockets))
-    grpc_at = f"{settings.host}:{settings.grpc_port}" if grpc_server else "off"
-    log.info("serving %s: HTTP %s:%d, gRPC %s%s", settings.model_store, settings.host, settings.http_port,
-             grpc_at, " (TLS)" if settings.tls else "")  # fmt: skip
+    # a worker has started once HTTP is up (its supervisor stops the server for one that fails before)
+    if worker is None:
+        await plane.start()  # models load in the background: liveness answers now, readiness when loaded
+        log.info("serving %s: %s", settings.model_store, served_at(settings))
+    elif await _http_started(http, http_task):
+        await plane.start()
+        log.info("worker %d of %d (pid %d) serving", worker.index, worker.workers, os.getpid())
     management_task = management.start() if management else None
     stopper = asyncio.create_task(stop.wait())
     servers = {http_task} | ({management_task} if management_task else set())
@@ -203,6 +223,33 @@ async def serve(settings: Settings) -> int:
     if management is not None:  # answered 503 since the drain began; its requests finished with it
         await management.stop()
     return code
+
+
+async def _http_started(http: _Uvicorn, task: asyncio.Task[None]) -> bool:
+    """Wait for uvicorn's start-up (TLS files loaded, listening): True, or False when it failed."""
+    while not http.started and not task.done():
+        await asyncio.sleep(0.01)
+    return http.started
+
+
+def _stop_event(worker: WorkerSpec | None) -> asyncio.Event:
+    """Set by SIGTERM / SIGINT; in a worker also when its supervisor is gone (its end of the
+    worker's stdin closed), so a supervisor killed outright leaves no worker holding the ports."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if worker is not None:
+        stdin = sys.stdin.fileno()
+
+        def supervisor_gone() -> None:
+            if not os.read(stdin, 1):  # EOF; the supervisor writes nothing after the worker's spec
+                loop.remove_reader(stdin)
+                log.warning("worker %d: its supervisor is gone; draining", worker.index)
+                stop.set()
+
+        loop.add_reader(stdin, supervisor_gone)
+    return stop
 
 
 class _ManagementServer:
@@ -226,7 +273,7 @@ class _ManagementServer:
         if not settings.enable_management or settings.management_port == 0:
             return []
         try:
-            return _bind_http(settings.host, settings.management_port, BACKLOG)
+            return bind_listeners(settings.host, settings.management_port, BACKLOG)
         except OSError as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
             where = f"{settings.host}:{settings.management_port}"
@@ -253,6 +300,7 @@ def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app, host=settings.host, port=settings.http_port, http="httptools", lifespan="off",
         access_log=False, log_level=settings.log_level, backlog=BACKLOG, timeout_keep_alive=30,
+        log_config=None,  # uvicorn's lines go through our handler and format (service.logs)
         timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
         ssl_certfile=settings.tls_certfile, ssl_keyfile=settings.tls_keyfile,
         ssl_ca_certs=str(settings.tls_ca_certfile) if settings.tls_ca_certfile else None,
@@ -261,10 +309,7 @@ def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
 
 
 def _cannot_bind(exc: OSError) -> int:
-    log.error(
-        "%s. Is another deepserve (or `deepserve up`) running? Stop it, or choose other ports with "
-        "--http-port / --grpc-port (0 turns gRPC off).", exc
-    )
+    log.error("%s", taken(exc))
     return 1
 
 

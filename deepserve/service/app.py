@@ -7,6 +7,7 @@ calls and typed errors to each protocol's error body. Nothing is built at import
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,7 +26,8 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def create_app(plane: DataPlane) -> FastAPI:
-    app = FastAPI(title="deepserve", version=SERVER_VERSION, docs_url=None, redoc_url=None)
+    app = FastAPI(title="deepserve", version=SERVER_VERSION, docs_url=None, redoc_url=None,
+                  **no_fastapi_telemetry())
     app.state.plane = plane
     install_error_handlers(app)
     app.include_router(routes_v2.router)
@@ -42,6 +44,15 @@ def create_app(plane: DataPlane) -> FastAPI:
     app.add_middleware(ErrorBoundaryMiddleware)  # outermost of ours: catches what the others raise
     return app
 
+
+
+def no_fastapi_telemetry() -> dict[str, Any]:
+    """FastAPI 0.142 on makes OpenTelemetry spans of its own once a tracer provider is set (a SERVER
+    span per HTTP request, health probes included, and spans for dependencies and endpoints): off.
+    The request spans are deepserve's (``service.tracing``), the same for HTTP and gRPC."""
+    if "telemetry" not in inspect.signature(FastAPI).parameters:  # an older FastAPI makes none
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
 def _describe_infer(app: FastAPI) -> None:

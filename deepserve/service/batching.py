@@ -21,6 +21,11 @@ intra-op threads from being oversubscribed). ``inline_below`` > 0 lets proven-ti
 on the event loop when idle (see ``_runs_inline`` for why that is off by default).
 
 A batch that raises is retried item by item, so one poison input fails only its caller.
+
+Traced requests (``service.tracing``) get a ``queue wait`` span (from ``submit`` to the start of
+their batch, or to their end when they never ran) and a ``batch execution`` span per run of their
+batch: a batch serves requests of several traces, so each gets a span of its own with the batch's
+id, rows and requests as attributes (a retry alone is another run).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from deepserve.handlers.base import BatchSizeMismatchError, Tensors
+from deepserve.service import tracing
 from deepserve.service.errors import (
     DeadlineExceededError,
     InvalidRequestError,
@@ -61,6 +67,7 @@ class _Pending:
     deadline: float
     seq: int  # arrival order, to put skipped requests back where they were
     length: float  # padded tokens per row (item_cost / item_rows); 1 for non-text items
+    trace: tracing.Waiting | None = None  # traced requests only
 
 
 def _rows(item: Tensors) -> int:
@@ -117,6 +124,8 @@ class DynamicBatcher:
         self._m_batch = metrics.batch_size.labels(model) if metrics else None
         self._m_depth = metrics.queue_depth.labels(model) if metrics else None
         self._executions = 0
+        self._span_model: dict[str, str | int | bool] = {"deepserve.model": model}  # traces only
+        self._batch_ids = 0
 
     @property
     def preferred_sizes(self) -> list[int]:
@@ -172,7 +181,8 @@ class DynamicBatcher:
         cost = self._item_cost(item)
         length = cost / max(rows, 1)
         arrival = next(self._arrivals)
-        self._queue.append(_Pending(item, rows, cost, future, now, now + timeout, arrival, length))
+        trace = tracing.waiting() if tracing.active else None
+        self._queue.append(_Pending(item, rows, cost, future, now, now + timeout, arrival, length, trace))
         self._queued_rows += rows
         self._set_depth()
         self._wakeup.set()
@@ -182,6 +192,9 @@ class DynamicBatcher:
             return await future
         finally:
             timer.cancel()
+            if trace is not None and not trace.ran:  # left before its batch started: deadline, disconnect
+                tracing.record("queue wait", trace.parent, trace.since_ns, time.time_ns(), self._span_model,
+                               future.exception() if future.done() and not future.cancelled() else None)
 
     def _deadline_passed(self, future: asyncio.Future[Tensors], timeout: float) -> None:
         if not future.done():
@@ -281,25 +294,38 @@ class DynamicBatcher:
             self.stats.durations["queue"].add(int(waited * 1e9))
             if self._m_queue is not None:
                 self._m_queue.observe(waited)
+        traced_from = self._trace_waits(batch) if tracing.active else 0
         self._last_batch_items = len(batch)
         self._current = batch
         try:
             outputs = await self._compute([p.item for p in batch], sum(p.rows for p in batch))
         except Exception as exc:
+            if traced_from:
+                self._trace_run(batch, traced_from, exc)
             if len(batch) == 1:
                 self._resolve(batch[0], exc)
                 return
             log.warning("batch of %d failed on %s (%s); retrying item by item", len(batch), self.model, exc)
-            for pending in batch:
-                try:
-                    (out,) = await self._compute([pending.item], pending.rows)
-                except Exception as item_exc:
-                    self._resolve(pending, item_exc)
-                else:
-                    self._resolve(pending, out)
+            await self._retry_alone(batch)
             return
+        if traced_from:
+            self._trace_run(batch, traced_from, None)
         for pending, out in zip(batch, outputs, strict=True):
             self._resolve(pending, out)
+
+    async def _retry_alone(self, batch: list[_Pending]) -> None:
+        for pending in batch:
+            traced_from = time.time_ns() if tracing.active else 0
+            try:
+                (out,) = await self._compute([pending.item], pending.rows)
+            except Exception as item_exc:
+                if traced_from:
+                    self._trace_run([pending], traced_from, item_exc, retry=True)
+                self._resolve(pending, item_exc)
+            else:
+                if traced_from:
+                    self._trace_run([pending], traced_from, None, retry=True)
+                self._resolve(pending, out)
 
     async def _compute(self, items: list[Tensors], rows: int) -> list[Tensors]:
         t0 = time.perf_counter_ns()
@@ -318,6 +344,28 @@ class DynamicBatcher:
             self._m_compute.observe(elapsed / 1e9)
             self._m_batch.observe(rows)
         return outputs
+
+    def _trace_waits(self, batch: list[_Pending]) -> int:
+        """Ends the queue waits of the batch's traced requests; the batch's start (time_ns)."""
+        now = time.time_ns()
+        for pending in batch:
+            trace = pending.trace
+            if trace is not None and not trace.ran:
+                trace.ran = True
+                tracing.record("queue wait", trace.parent, trace.since_ns, now, self._span_model)
+        return now
+
+    def _trace_run(
+        self, batch: list[_Pending], since_ns: int, error: BaseException | None, retry: bool = False
+    ) -> None:
+        now, self._batch_ids = time.time_ns(), self._batch_ids + 1
+        attributes: dict[str, str | int | bool] = {
+            **self._span_model, "deepserve.batch.id": self._batch_ids, "deepserve.batch.retry": retry,
+            "deepserve.batch.rows": sum(p.rows for p in batch), "deepserve.batch.requests": len(batch),
+        }  # fmt: skip
+        for pending in batch:
+            if pending.trace is not None:
+                tracing.record("batch execution", pending.trace.parent, since_ns, now, attributes, error)
 
     def _runs_inline(self) -> bool:
         """Off by default: saves the thread hand-off for a proven-tiny model while nothing else

@@ -13,20 +13,36 @@ cover the whole stream.
 The operations (``infer``, ``predict``, ``embed``, ``generate``) run the handler's four verbs
 around the model's batcher or generation engine; ``preprocess`` and ``postprocess`` go through
 the codec stage, which keeps the slow ones off the event loop.
+
+Observed (traces on, or the access log): the request's SERVER span covers the same time as its
+duration metric and ends with its status (``service.tracing``); the access log writes one line when
+it ends (``service.access_log``). What only the transport saw (method, path, trace headers, the
+``x-request-id``) comes in an ``Incoming`` the transport sets with ``arriving`` before the call. A
+client that leaves first (499) is logged at INFO, never as an error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deepserve.handlers.base import Handler, PayloadRequest, TensorRequest
+from deepserve.service import access_log, tracing
 from deepserve.service.codec_stage import size_kind
-from deepserve.service.errors import InvalidRequestError, ModelNotReadyError, as_deepserve_error
+from deepserve.service.errors import (
+    ClientClosedError,
+    InvalidRequestError,
+    ModelNotReadyError,
+    as_deepserve_error,
+)
 from deepserve.service.v2_codec import InferRequest, InferResult
 
 if TYPE_CHECKING:
@@ -35,20 +51,52 @@ if TYPE_CHECKING:
     from deepserve.service.engine import GenerationChunk, GenerationEngine, SamplingParams
     from deepserve.service.registry import ModelEntry, Registry
 
+log = logging.getLogger(__name__)
 UNKNOWN_MODEL = "_unknown"  # one label for every name the server does not hold: no unbounded series
 MAX_TIMEOUT_S = 600.0
+CLIENT_CLOSED = str(ClientClosedError.status)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """What the transport saw of a request, for its span and its access log line."""
+
+    method: str  # HTTP's (gRPC calls are POSTs too)
+    path: str  # the HTTP path, or the gRPC method's (/inference.GRPCInferenceService/ModelInfer)
+    request_id: str | None = None  # the x-request-id header or metadata (Envoy, Istio, ingresses set one)
+    carrier: Mapping[str, str] | None = None  # the trace headers (tracing.header_names) it carried
+    grpc: bool = False
+
+
+_incoming: contextvars.ContextVar[Incoming | None] = contextvars.ContextVar("incoming", default=None)
+
+
+def arriving(incoming: Incoming) -> contextvars.Token[Incoming | None]:
+    """The transport's side: the calls this task makes until ``arrived`` came in as ``incoming``."""
+    return _incoming.set(incoming)
+
+
+def arrived(token: contextvars.Token[Incoming | None]) -> None:
+    with contextlib.suppress(ValueError):  # a stream closed from another context: nothing to undo
+        _incoming.reset(token)
 
 
 class Call:
-    __slots__ = ("_inflight", "_label", "_open", "_registry", "_stage", "_start", "_stats", "_version",
-                 "code", "entry", "model", "protocol")  # fmt: skip
+    _error: BaseException | None  # these four: observed calls only (Call._observe)
+    _incoming: Incoming | None
+    _token: contextvars.Token[Any] | None
+    request_id: str | None
+    __slots__ = ("_error", "_incoming", "_inflight", "_label", "_observed", "_open", "_registry", "_span",
+                 "_stage", "_start", "_stats", "_token", "_version", "code", "entry", "model", "protocol",
+                 "request_id")  # fmt: skip
 
     def __init__(
         self, registry: Registry, stage: CodecStage, model: str, version: str | None, protocol: str
     ) -> None:
         self._registry, self._stage = registry, stage
         self.model, self._version, self.protocol = model, version, protocol
-        self._open = False
+        self._open = self._observed = False
+        self._span: Any = None
         self.code = "200"
 
     # -- accounting ------------------------------------------------------------------------------
@@ -59,6 +107,8 @@ class Call:
         self._label = self.model if self._stats is not None else UNKNOWN_MODEL
         self._inflight = self._registry.metrics.inflight_child(self._label)
         self._inflight.inc()
+        if tracing.active or self._registry.settings.access_log:  # both off (the default): no more work
+            self._observe()
         try:
             self.entry: ModelEntry = self._registry.get(self.model, self._version)
             if self.entry.batcher is not None:
@@ -71,9 +121,14 @@ class Call:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._span is not None and self._token is not None:
+            tracing.leave(self._token)
+            self._token = None
         if exc is not None:
             self.code = str(as_deepserve_error(exc).status)
             self._open = False
+            if self._observed:
+                self._error = exc
         elif self._open:
             return  # the stream finishes it
         self._count()
@@ -95,6 +150,50 @@ class Call:
         histogram.observe(elapsed / 1e9)
         if self._stats is not None:
             self._stats.durations["success" if self.code == "200" else "fail"].add(elapsed)
+        if self._observed:
+            self._report(elapsed)
+        elif self.code == CLIENT_CLOSED:
+            self._left(elapsed)
+
+    # -- traces and the access log ---------------------------------------------------------------
+    def _observe(self) -> None:
+        self._observed = True
+        self._error = None
+        self._token = None
+        incoming = self._incoming = _incoming.get()
+        self.request_id = incoming.request_id if incoming is not None else None
+        if tracing.active:
+            name = f"{self.protocol} {self._label}"
+            attributes = tracing.request_attributes(self.model, self.protocol, incoming)
+            span = tracing.start_request(name, incoming.carrier if incoming else None, attributes)
+            if span.is_recording():  # not sampled: nothing to add to it, no children, nothing to end
+                self._span, self._token = span, tracing.enter(span)
+
+    def _operation(self, name: str) -> None:
+        """The span's name says what the request does, once the transport calls it."""
+        if self._span is not None:
+            self._span.update_name(f"{self.protocol} {name} {self._label}")
+
+    def _report(self, elapsed: int) -> None:
+        incoming, trace_id = self._incoming, None
+        if self._span is not None:
+            status, version = int(self.code), str(self.entry.version) if hasattr(self, "entry") else None
+            outcome = tracing.outcome_attributes(incoming, status, self._error, self.request_id, version)
+            tracing.end_request(self._span, status >= 500, self._error, outcome)
+            trace_id = tracing.ids(self._span)[0]
+        if self._registry.settings.access_log:  # its line says 499 for a client that left
+            method, path = (incoming.method, incoming.path) if incoming is not None else ("-", "-")
+            access_log.write(method, path, self.protocol, self.model, int(self.code), elapsed / 1e6,
+                             self.request_id, trace_id)  # fmt: skip
+        elif self.code == CLIENT_CLOSED:
+            self._left(elapsed)
+
+    def _left(self, elapsed: int) -> None:
+        """A client that disconnects or cancels its call is no server error: INFO, one line."""
+        incoming = self._incoming if self._observed else None
+        where = f"{incoming.method} {incoming.path}, " if incoming is not None else ""
+        log.info("client went away before the answer (%smodel %s, %s, after %.1f ms)", where, self.model,
+                 self.protocol, elapsed / 1e6)  # fmt: skip
 
     # -- operations ------------------------------------------------------------------------------
     @property
@@ -121,6 +220,9 @@ class Call:
         if deadline_s is not None:
             timeout = min(timeout, deadline_s)
         kind = _tensor_kind(request.tensors)
+        if self._observed:
+            self._operation("infer")
+            self.request_id = self.request_id or request.id  # KServe v2's (Triton's) request id
         t0 = time.perf_counter_ns()
         item = await self._stage.run(self._cost("pre", kind), handler.preprocess, tensors)
         t1 = time.perf_counter_ns()
@@ -137,6 +239,7 @@ class Call:
         headers: dict[str, str] | None = None,
     ) -> Any:
         """TorchServe-style: a decoded body through preprocess -> batch -> postprocess."""
+        self._operation("predict")
         request = PayloadRequest(body, content_type, parameters, headers or {})
         kind = size_kind("payload", len(body)) if isinstance(body, (bytes, str)) else "payload"
         outputs, _ = await self._payload(request, kind)
@@ -146,6 +249,7 @@ class Call:
     async def embed(self, inputs: list[Any]) -> tuple[np.ndarray, int]:
         """OpenAI-style embeddings: (N, D) float32 vectors and the prompt-token count."""
         handler = self.handler
+        self._operation("embed")
         if handler.spec.task != "embedding":
             raise InvalidRequestError(f"model {self.model!r} is not an embedding model (its task: "
                                       f"{handler.spec.task})")  # fmt: skip
@@ -194,6 +298,7 @@ class Call:
         self, prompt: str | list[int], params: SamplingParams
     ) -> AsyncGenerator[GenerationChunk, None]:
         """Chunks from the model's continuous-batching engine; ``prompt`` as text or ``tokenize``'s ids."""
+        self._operation("generate")
         return self.engine.generate(prompt, params)
 
     def decode_tokens(self, ids: list[int]) -> str:

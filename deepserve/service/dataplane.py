@@ -12,6 +12,12 @@ the policy once for every transport:
 
 A transport decodes its wire format, calls one of these, encodes the result, and maps the typed
 errors (each carries its HTTP status and gRPC code) once.
+
+In a worker of ``deepserve serve --workers N`` (``worker``), the metrics are the workers' merged
+view and readiness is the whole server's: the plane writes its own state on the board the
+workers share (``service.worker_state``) as it changes, and is ready only while every worker is
+and the supervisor is not draining. A worker still loading would otherwise answer 503 on its
+share of the connections while its siblings said ready.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from deepserve.service.registry import Registry
 from deepserve.service.settings import Settings
 from deepserve.service.state import ServerState
 from deepserve.service.v2_codec import InferRequest, InferResult
+from deepserve.service.worker_state import SAYS, WorkerBoard, WorkerSpec, WorkerState
 
 if TYPE_CHECKING:
     from deepserve.service.engine import GenerationChunk, SamplingParams
@@ -51,12 +58,17 @@ IN_PROCESS = "python"  # the protocol label of calls made through the plane's ow
 
 
 class DataPlane:
-    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry | None = None, *, worker: WorkerSpec | None = None
+    ) -> None:
         """``registry``: serve handlers already added to it (tests, a program embedding the server)
-        instead of loading the model store."""
+        instead of loading the model store. ``worker``: this process is one of ``--workers``."""
         self.settings = settings
         self._load_store = registry is None
-        self.registry = registry or Registry(settings, Metrics(CollectorRegistry()))
+        self.worker = worker
+        self._board = WorkerBoard(worker.board_path, worker.workers) if worker is not None else None
+        metrics_dir = worker.metrics_dir if worker is not None else None
+        self.registry = registry or Registry(settings, Metrics(CollectorRegistry(), metrics_dir))
         self.metrics = self.registry.metrics
         self.state = ServerState()
         self.stage = CodecStage(
@@ -66,10 +78,13 @@ class DataPlane:
         self._management_token = _bearer(settings.management_token)
         self._loader: asyncio.Task[None] | None = None
         self._load_error = ""
+        self._started = False  # a worker's state goes on the board from start() on
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         """Load the models in the background: liveness answers at once, readiness when all are in."""
+        self._started = True
+        self._publish()
         self._loader = asyncio.create_task(self._load())
 
     async def _load(self) -> None:
@@ -79,8 +94,10 @@ class DataPlane:
         except Exception as exc:  # an unreadable store: said once, and readiness says why
             log.exception("loading the model store %s failed", self.settings.model_store)
             self._load_error = f"loading the model store failed: {type(exc).__name__}: {exc}"
+            self._publish()
             return
         self.registry.loading_done = True
+        self._publish()
         entries = self.registry.entries()
         log.info("%d of %d model versions ready", sum(e.ready for e in entries), len(entries))
 
@@ -92,6 +109,7 @@ class DataPlane:
     def begin_drain(self) -> None:
         """Stop admitting (readiness false, new requests 503); the drain deadline starts now."""
         self.state.begin_drain(self.settings.drain_timeout_s)
+        self._publish()
 
     async def wait_idle(self) -> bool:
         """True when the requests in flight finished within what is left of the drain."""
@@ -125,16 +143,40 @@ class DataPlane:
         return self.state.draining
 
     def ready(self) -> bool:
-        """Every model loaded and ready, and not draining: what readiness probes and health report."""
-        return self.registry.ready and not self.state.draining
+        """Every model loaded and ready, and not draining: what readiness probes and health report.
+        A worker: every worker so, and the supervisor not draining."""
+        if not self.registry.ready or self.state.draining:
+            return False
+        board = self._board
+        if board is None or self.worker is None:
+            return True
+        return not board.draining and board.first_not_ready(besides=self.worker.index) is None
 
     def why_not_ready(self) -> str:
-        if self.state.draining:
+        if self.state.draining or (self._board is not None and self._board.draining):
             return "server is shutting down"
         if self._load_error:
             return self._load_error
+        if self.registry.ready and self._board is not None and self.worker is not None:
+            peer = self._board.first_not_ready(besides=self.worker.index)
+            if peer is not None:
+                return f"worker {peer[0]} of {self.worker.workers} is {SAYS[peer[1]]}"
         broken = [f"{e.name}: {e.reason}" for e in self.registry.entries() if e.state == "failed"]
         return "models are not all ready" + (f"; failed: {'; '.join(broken)}" if broken else "")
+
+    def _publish(self) -> None:
+        """A worker writes its own state on the board, for its siblings' readiness."""
+        if self._board is None or self.worker is None or not self._started:
+            return
+        if self.state.draining:
+            state = WorkerState.DRAINING
+        elif self.registry.ready:
+            state = WorkerState.READY
+        elif self.registry.loading_done or self._load_error:
+            state = WorkerState.FAILED
+        else:
+            state = WorkerState.LOADING
+        self._board.set(self.worker.index, state)
 
     def check_ready(self) -> None:
         if not self.ready():

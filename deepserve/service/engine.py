@@ -18,6 +18,7 @@ Prompts are prefilled one at a time (no padding), so a sequence's prefix is comp
 it ran alone, and each sequence samples from its own seeded generator: a fixed seed gives the same
 text whatever the batch companions. Prefill is compute-bound on CPU: one padded batch of 16 prompts
 took 18% longer than 16 single prefills, and would hold every first token until the whole batch ends.
+Traced requests get spans (``service.tracing``): ``queue wait`` to their prefill, ``time to first token``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 from deepserve.handlers.base import InvalidInputError
 from deepserve.handlers.generation import TextGenerationHandler, sample
 from deepserve.handlers.tokenizer import ByteStream, TextStream
+from deepserve.service import tracing
 from deepserve.service.errors import (
     InvalidRequestError,
     ModelNotReadyError,
@@ -126,6 +128,7 @@ class _Request:
     arrival: float
     queue: asyncio.Queue[GenerationChunk | BaseException] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
+    trace: tracing.Waiting | None = None  # traced requests only
 
 
 @dataclass(eq=False)
@@ -249,7 +252,8 @@ class GenerationEngine:
             self.handler.check_prompt(ids)
         except InvalidInputError as exc:
             raise InvalidRequestError(str(exc)) from None
-        request = _Request(ids, params, asyncio.get_running_loop(), time.perf_counter())
+        trace = tracing.waiting() if tracing.active else None
+        request = _Request(ids, params, asyncio.get_running_loop(), time.perf_counter(), trace=trace)
         with self._cond:
             if self._waiting_count + params.n > self.max_waiting:
                 raise QueueFullError(
@@ -327,6 +331,8 @@ class GenerationEngine:
 
     def _prefill(self, request: _Request, out: Outbox) -> None:
         params, prompt = request.params, request.prompt
+        if request.trace is not None:
+            tracing.record_since(request.trace, "queue wait", {"deepserve.model": self.model})
         key, value = self.handler.empty_cache(1)
         t = len(prompt)
         positions = np.arange(t, dtype=np.int64)[None]  # (1, T)
@@ -340,6 +346,8 @@ class GenerationEngine:
             for i, seed in enumerate(seeds)
         ]
         self._sample_and_emit(seqs, np.repeat(logits[:, -1], params.n, axis=0), out)
+        if request.trace is not None:  # no span when the prefill fails: there was no first token
+            tracing.record_since(request.trace, "time to first token", {"gen_ai.usage.input_tokens": t})
         alive = [s for s in seqs if not s.finished]
         if alive:
             self._cache.add(key, value, len(alive))

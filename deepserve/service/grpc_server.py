@@ -8,6 +8,8 @@
 - TLS from ``tls_certfile`` / ``tls_keyfile`` (client certificates with ``tls_ca_certfile``).
 - Keepalive and max connection age from settings; messages over ``max_body_bytes`` are refused
   with RESOURCE_EXHAUSTED before they are decoded, as HTTP answers 413.
+- The port is its own (a taken port fails), or shared with ``SO_REUSEPORT`` by the processes of
+  ``deepserve serve --workers N`` (``share_port``), on a port their supervisor checked and holds.
 """
 
 from __future__ import annotations
@@ -52,13 +54,16 @@ class GrpcServer(Protocol):
     async def stop(self, grace: float | None) -> None: ...
 
 
-def create_grpc_server(servicer: Any, settings: Settings, *, ready: Callable[[], bool]) -> GrpcServer:
+def create_grpc_server(
+    servicer: Any, settings: Settings, *, ready: Callable[[], bool], share_port: bool = False
+) -> GrpcServer:
     """``servicer`` implements ``inference.GRPCInferenceService``; ``ready()`` is the server's
-    readiness (models loaded, not draining), which the health service reports."""
-    return _AioServer(servicer, settings, ready)
+    readiness (models loaded, not draining), which the health service reports; ``share_port``:
+    bind with ``SO_REUSEPORT``, as every worker of ``--workers`` does."""
+    return _AioServer(servicer, settings, ready, share_port)
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
+def server_options(settings: Settings, *, share_port: bool = False) -> list[tuple[str, int]]:
     """grpc channel arguments from settings (grpc's names, in milliseconds)."""
 
     def ms(seconds: float) -> int:
@@ -67,7 +72,8 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     options = [
         ("grpc.max_receive_message_length", min(settings.max_body_bytes, MAX_MESSAGE)),
         ("grpc.max_send_message_length", MAX_MESSAGE),
-        ("grpc.so_reuseport", 0),  # a taken port must fail, not split the traffic with another server
+        # a taken port must fail, not split the traffic with another server; workers share theirs
+        ("grpc.so_reuseport", int(share_port)),
         ("grpc.keepalive_time_ms", ms(settings.grpc_keepalive_time_s)),
         ("grpc.keepalive_timeout_ms", ms(settings.grpc_keepalive_timeout_s)),
         # accept clients' keepalive pings on idle connections (and send ours there too)
@@ -94,8 +100,11 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 class _AioServer:
     """grpc.aio, built and bound at ``start``, on the running loop (grpc.aio binds to it)."""
 
-    def __init__(self, servicer: Any, settings: Settings, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, servicer: Any, settings: Settings, ready: Callable[[], bool], share_port: bool
+    ) -> None:
         self._servicer, self._settings, self._ready = servicer, settings, ready
+        self._share_port = share_port
         self._address = f"{settings.host}:{settings.grpc_port}"
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -103,7 +112,7 @@ class _AioServer:
         self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=server_options(self._settings))
+        server = grpc.aio.server(options=server_options(self._settings, share_port=self._share_port))
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(_LISTED, server)

@@ -5,6 +5,9 @@ health, reflection) is built in ``grpc_server``. Errors are mapped once, by ``_m
 status code each ``DeepserveError`` carries. ``ModelStreamInfer`` streams one response per
 generated chunk for text-generation models (``triton_final_response`` marks the last) and
 answers other models once; stream errors go in ``error_message`` and the stream stays open.
+
+With traces or the access log on, each inference request hands its method, trace metadata
+(``traceparent``) and ``x-request-id`` to its model call (``call.arriving``).
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from deepserve.service import grpc_codec
-from deepserve.service.call import Call
+from deepserve.service import grpc_codec, tracing
+from deepserve.service.call import Call, Incoming, arrived, arriving
 from deepserve.service.dataplane import Credentials, DataPlane
 from deepserve.service.errors import InvalidRequestError, as_deepserve_error
 from deepserve.service.v2_codec import InferRequest, InferResult
@@ -26,6 +29,7 @@ from deepserve.service.v2_codec import InferRequest, InferResult
 Context = Any  # grpc.aio.ServicerContext (grpcio ships no type stubs)
 R = TypeVar("R")
 _SAMPLING_KEYS = {"max_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int}
+_SERVICE = "/inference.GRPCInferenceService/"
 
 
 async def _abort(context: Context, exc: BaseException) -> NoReturn:
@@ -53,9 +57,18 @@ def _credentials(context: Context) -> Credentials:
     return dict(context.invocation_metadata() or ()).get("authorization")
 
 
+def _incoming(context: Context, method: str) -> Incoming:
+    wanted = tracing.header_names()
+    metadata = context.invocation_metadata() or ()
+    carrier = {key: value for key, value in metadata if key in wanted and isinstance(value, str)}
+    request_id = next((v for k, v in metadata if k == "x-request-id" and isinstance(v, str)), None)
+    return Incoming("POST", _SERVICE + method, request_id, carrier or None, grpc=True)
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
+        self.access_log = plane.settings.access_log
 
     # -- health and metadata -------------------------------------------------------------------
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
@@ -102,30 +115,41 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     @_mapped
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         plane = self.plane
-        with plane.guard(_credentials(context) if plane.requires_token else None), \
-                plane.call(request.model_name, request.model_version, "v2-grpc") as call:  # fmt: skip
-            decoded = grpc_codec.decode_request(request)
-            # the client's deadline: work still queued when it passes is never computed
-            result = await call.infer(decoded, deadline_s=context.time_remaining())
+        token = arriving(_incoming(context, "ModelInfer")) if tracing.active or self.access_log else None
+        call = plane.call(request.model_name, request.model_version, "v2-grpc")
+        try:
+            with plane.guard(_credentials(context) if plane.requires_token else None), call:
+                decoded = grpc_codec.decode_request(request)
+                # the client's deadline: work still queued when it passes is never computed
+                result = await call.infer(decoded, deadline_s=context.time_remaining())
+        finally:
+            if token is not None:
+                arrived(token)
         return grpc_codec.encode_response(result)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         plane, credentials = self.plane, _credentials(context)
-        async for request in request_iterator:
-            try:
-                with plane.guard(credentials), \
-                        plane.call(request.model_name, request.model_version, "v2-grpc") as call:  # fmt: skip
-                    decoded = grpc_codec.decode_request(request)
-                    if not call.generates:
-                        result = await call.infer(decoded)
-                        yield pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_response(result))
-                        continue
-                    async for response in _generate(call, decoded):
-                        yield response
-            except Exception as exc:
-                yield pb.ModelStreamInferResponse(error_message=as_deepserve_error(exc).message)
+        observed = tracing.active or self.access_log  # the stream's requests share its metadata
+        token = arriving(_incoming(context, "ModelStreamInfer")) if observed else None
+        try:
+            async for request in request_iterator:
+                call = plane.call(request.model_name, request.model_version, "v2-grpc")
+                try:
+                    with plane.guard(credentials), call:
+                        decoded = grpc_codec.decode_request(request)
+                        if not call.generates:
+                            answer = grpc_codec.encode_response(await call.infer(decoded))
+                            yield pb.ModelStreamInferResponse(infer_response=answer)
+                            continue
+                        async for response in _generate(call, decoded):
+                            yield response
+                except Exception as exc:
+                    yield pb.ModelStreamInferResponse(error_message=as_deepserve_error(exc).message)
+        finally:
+            if token is not None:
+                arrived(token)
 
 
 async def _generate(call: Call, decoded: InferRequest) -> AsyncIterator[pb.ModelStreamInferResponse]:

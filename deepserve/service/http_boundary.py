@@ -15,6 +15,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deepserve.service.http_errors import error_response
+from deepserve.service.logs import is_disconnect
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class ErrorBoundaryMiddleware:
             await self.app(scope, receive, tracked)
         except Exception as exc:
             if started:
-                log.error("error after the response to %s started", scope["path"], exc_info=exc)
+                if is_disconnect(exc):  # the client left mid-answer: its business, not an error
+                    log.info("client went away during the response to %s", scope["path"])
+                else:
+                    log.error("error after the response to %s started", scope["path"], exc_info=exc)
                 return
             await error_response(exc, scope["path"])(scope, receive, send)

@@ -5,6 +5,9 @@ policy every transport applies; the body limit is HTTP's own (gRPC caps its mess
 FastAPI's middleware stack (BaseHTTPMiddleware costs a task per request) so the hot path pays a
 few dict lookups. Health, readiness and /metrics stay open and are never refused while draining,
 so probes and scrapes keep telling the truth.
+
+With traces or the access log on, the guard also hands the request's method, path, trace headers
+and ``x-request-id`` to the model call it makes (``call.arriving``); with both off it reads none of it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deepserve.service import tracing
+from deepserve.service.call import Incoming, arrived, arriving
 from deepserve.service.dataplane import DataPlane
 from deepserve.service.errors import PayloadTooLargeError
 from deepserve.service.http_errors import error_response
@@ -30,6 +35,7 @@ class GuardMiddleware:
         self.app = app
         self.plane = plane
         self.max_body = plane.settings.max_body_bytes
+        self.access_log = plane.settings.access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_open(scope["path"]):
@@ -54,7 +60,14 @@ class GuardMiddleware:
                                              f"{self.max_body}-byte limit (max_body_bytes)")  # fmt: skip
                 await error_response(error, path)(scope, receive, send)
                 return
-            await self.app(scope, self._limited(receive), send)
+            if not (tracing.active or self.access_log):
+                await self.app(scope, self._limited(receive), send)
+                return
+            token = arriving(_incoming(scope))
+            try:
+                await self.app(scope, self._limited(receive), send)
+            finally:
+                arrived(token)
         finally:
             self.plane.release()
 
@@ -75,6 +88,19 @@ class GuardMiddleware:
             return message
 
         return wrapped
+
+
+def _incoming(scope: Scope) -> Incoming:
+    wanted = tracing.header_names()
+    carrier: dict[str, str] = {}
+    request_id = None
+    for key, value in scope["headers"]:
+        name = key.decode("latin-1")
+        if name in wanted:
+            carrier[name] = value.decode("latin-1")
+        elif name == "x-request-id":
+            request_id = value.decode("latin-1")
+    return Incoming(scope["method"], scope["path"], request_id, carrier or None)
 
 
 def _is_management(path: str) -> bool:

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deepserve.service import json_codec
+from deepserve.service.app import no_fastapi_telemetry
 from deepserve.service.dataplane import DataPlane
 from deepserve.service.errors import (
     DeepserveError,
@@ -54,7 +55,8 @@ router = APIRouter()
 
 
 def create_management_app(plane: DataPlane) -> FastAPI:
-    app = FastAPI(title="deepserve management (TorchServe)", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="deepserve management (TorchServe)", docs_url=None, redoc_url=None, openapi_url=None,
+                  **no_fastapi_telemetry())
     app.state.plane = plane
     app.state.registrar = Registrar(plane)
     app.state.started = time.time()  # when a model loaded at start-up got its worker, near enough

@@ -4,6 +4,18 @@ Names follow Prometheus conventions: ``deepserve_`` prefix, base units (seconds,
 ratio), ``_total`` on counters. GPU gauges are filled from NVML at scrape time, only when
 ``pynvml`` imports and a GPU is present. ``deepserve_build_info`` (value 1) carries what the
 process runs as labels, so a query can tell which pods a rollout has reached.
+
+One process (``workers = 1``) keeps its values in memory and renders the injected registry.
+Worker processes (``deepserve serve --workers N``) use prometheus-client's multiprocess mode: the
+supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before a worker starts, each worker writes its values
+into files there, and ``render`` merges every worker's files, so a scrape of any worker is the
+whole server and Prometheus sees one target. Counters and histograms add up (a worker that died
+keeps its counts in the total); each gauge says how its workers combine (``multiprocess_mode``,
+ignored by one process): the sum of the live workers for what they hold (queued, in flight,
+sequences, KV cache), the least for model readiness (1 only where every live worker serves it),
+the greatest for load times and build info, the latest reading for the GPU (every worker sees the
+same device). Multiprocess mode has no callback gauges, no Info and no removal of a series; none
+is used here (``deepserve_build_info`` is a gauge, which renders exactly as an Info would).
 """
 
 from __future__ import annotations
@@ -13,9 +25,11 @@ import json
 import logging
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 import deepserve
 
@@ -28,12 +42,18 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, multiprocess_dir: Path | None = None) -> None:
+        """``multiprocess_dir``: this process is one of several workers whose values live there
+        (the ``PROMETHEUS_MULTIPROC_DIR`` it was started with); ``render`` merges them all."""
         self.registry = registry
+        self._exposed = registry if multiprocess_dir is None else _merged(multiprocess_dir)
         r = registry
-        # an Info is exposed as the gauge `deepserve_build_info{...} 1`
-        self.build_info = Info("deepserve_build", "What this server runs: versions and build", registry=r)
-        self.build_info.info(build_labels())
+        labels = build_labels()
+        self.build_info = Gauge(
+            "deepserve_build_info", "What this server runs: versions and build", list(labels),
+            registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.build_info.labels(**labels).set(1)
         self.requests = Counter(
             "deepserve_requests", "Requests answered, by model, protocol and HTTP-style status code",
             ["model", "protocol", "code"], registry=r,
@@ -53,27 +73,23 @@ class Metrics:
         self.batch_size = Histogram(
             "deepserve_batch_size", "Rows per executed batch", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
+        # how the workers' values combine: see the module docstring (one process ignores the mode)
         self.queue_depth = Gauge(
-            "deepserve_queue_depth", "Requests waiting in the model queue", ["model"], registry=r
-        )
+            "deepserve_queue_depth", "Requests waiting in the model queue", ["model"],
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.inflight = Gauge(
-            "deepserve_inflight_requests",
-            "Requests inside the server (queued or computing)",
-            ["model"],
-            registry=r,
-        )
+            "deepserve_inflight_requests", "Requests inside the server (queued or computing)", ["model"],
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.model_ready = Gauge(
-            "deepserve_model_ready",
-            "1 when the model version serves, else 0",
-            ["model", "version"],
-            registry=r,
-        )
+            "deepserve_model_ready", "1 when the model version serves, else 0", ["model", "version"],
+            registry=r, multiprocess_mode="livemin",
+        )  # fmt: skip
         self.model_load_seconds = Gauge(
-            "deepserve_model_load_seconds",
-            "Time the model version took to load",
-            ["model", "version"],
-            registry=r,
-        )
+            "deepserve_model_load_seconds", "Time the model version took to load", ["model", "version"],
+            registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
         self.prompt_tokens = Counter(
             "deepserve_prompt_tokens", "Prompt tokens processed", ["model"], registry=r
         )
@@ -89,23 +105,29 @@ class Metrics:
             ["model"], buckets=TOKEN_BUCKETS, registry=r,
         )  # fmt: skip
         self.running_sequences = Gauge(
-            "deepserve_running_sequences", "Sequences being decoded", ["model"], registry=r
-        )
+            "deepserve_running_sequences", "Sequences being decoded", ["model"],
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.waiting_sequences = Gauge(
-            "deepserve_waiting_sequences", "Sequences waiting to join the decode batch", ["model"], registry=r
-        )
+            "deepserve_waiting_sequences", "Sequences waiting to join the decode batch", ["model"],
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.kv_cache_bytes = Gauge(
-            "deepserve_kv_cache_bytes", "KV-cache memory in use", ["model"], registry=r
-        )
+            "deepserve_kv_cache_bytes", "KV-cache memory in use", ["model"],
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.gpu_utilization = Gauge(
-            "deepserve_gpu_utilization_ratio", "GPU utilisation (0-1)", ["gpu"], registry=r
-        )
+            "deepserve_gpu_utilization_ratio", "GPU utilisation (0-1)", ["gpu"],
+            registry=r, multiprocess_mode="livemostrecent",
+        )  # fmt: skip
         self.gpu_memory_used = Gauge(
-            "deepserve_gpu_memory_used_bytes", "GPU memory in use", ["gpu"], registry=r
-        )
+            "deepserve_gpu_memory_used_bytes", "GPU memory in use", ["gpu"],
+            registry=r, multiprocess_mode="livemostrecent",
+        )  # fmt: skip
         self.gpu_memory_total = Gauge(
-            "deepserve_gpu_memory_total_bytes", "GPU memory in total", ["gpu"], registry=r
-        )
+            "deepserve_gpu_memory_total_bytes", "GPU memory in total", ["gpu"],
+            registry=r, multiprocess_mode="livemostrecent",
+        )  # fmt: skip
         self._nvml: Any = _open_nvml()
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._inflight_children: dict[str, Any] = {}
@@ -148,7 +170,19 @@ class Metrics:
 
     def render(self) -> bytes:
         self.refresh_gpu()
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
+
+
+def _merged(multiprocess_dir: Path) -> CollectorRegistry:
+    """A registry that reads every worker's values from ``multiprocess_dir`` at each scrape."""
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        raise RuntimeError(
+            f"metrics of several workers need PROMETHEUS_MULTIPROC_DIR={multiprocess_dir} set before "
+            "prometheus_client is imported (the supervisor starts each worker with it)"
+        )
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
+    return merged
 
 
 def build_labels() -> dict[str, str]:

@@ -139,7 +139,8 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         description="server processes sharing the HTTP and gRPC ports (SO_REUSEPORT), each with its own "
-        "event loop: for small models and many clients on a multi-core box; keep 1 for one big model on a GPU",
+        "event loop: for small models and many clients on a multi-core box; keep 1 for one big model on "
+        "a GPU",
     )
 
     @model_validator(mode="before")

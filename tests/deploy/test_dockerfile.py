@@ -62,11 +62,11 @@ def test_multi_stage_with_runtime_base_from_a_build_arg(parsed: Any) -> None:
 
 
 def test_runtime_venv_installs_only_the_serving_extra(parsed: Any) -> None:
-    """The runtime venv gets `.[gpu]` (or `.[serve]`): no torch, and the build checks that."""
+    """The runtime venv gets `.[gpu]` (or `.[serve]`) and tracing: no torch, and the build checks that."""
     build = _stage(parsed, "build")
     runs = _values(build, "RUN")
     installs = [r for r in runs if "pip install" in r]
-    assert installs == [next(r for r in runs if '".[${SERVE_EXTRA}]"' in r)], installs
+    assert installs == [next(r for r in runs if '".[${SERVE_EXTRA},tracing]"' in r)], installs
     assert "torch" not in " ".join(installs).replace("'torch'", ""), "torch installed into the runtime venv"
     assert "find_spec" in installs[0] and "'torch'" in installs[0], "the build no longer checks for torch"
     assert not any("TORCH_INDEX" in a for a in _values(build, "ARG"))

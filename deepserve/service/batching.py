@@ -17,8 +17,9 @@ request; a lone client never pays the delay, and a busy model still fills its ba
 
 Where a batch runs: in one worker thread per model (ONNX Runtime / torch release the GIL, so
 compute overlaps the event loop's HTTP work on the other core, and one thread keeps a model's
-intra-op threads from being oversubscribed). ``inline_below`` > 0 lets proven-tiny models run
-on the event loop when idle (see ``_runs_inline`` for why that is off by default).
+intra-op threads from being oversubscribed). The hand-off costs ~0.1 ms both ways, which is most
+of a tiny model's request at one client, so a proven-tiny model (batches under ``inline_below``)
+that serves one request at a time runs on the event loop instead (see ``_runs_inline``).
 
 A batch that raises is retried item by item, so one poison input fails only its caller.
 
@@ -124,6 +125,9 @@ class DynamicBatcher:
         self._m_batch = metrics.batch_size.labels(model) if metrics else None
         self._m_depth = metrics.queue_depth.labels(model) if metrics else None
         self._executions = 0
+        # requests to this model admitted and not yet answered, counted by the data plane's Call
+        # (decoding, queued, computing or encoding): 1 means the model serves one client right now
+        self.callers = 0
         self._span_model: dict[str, str | int | bool] = {"deepserve.model": model}  # traces only
         self._batch_ids = 0
 
@@ -182,7 +186,14 @@ class DynamicBatcher:
         length = cost / max(rows, 1)
         arrival = next(self._arrivals)
         trace = tracing.waiting() if tracing.active else None
-        self._queue.append(_Pending(item, rows, cost, future, now, now + timeout, arrival, length, trace))
+        pending = _Pending(item, rows, cost, future, now, now + timeout, arrival, length, trace)
+        if not self._current and self._runs_inline():
+            # idle, one client, a proven-tiny graph: run it now, without the two hops through the
+            # owner task (its wake-up, then ours) that a queued request takes
+            await self._execute([pending])  # inline: _compute does not suspend
+            self._current = []
+            return future.result()
+        self._queue.append(pending)
         self._queued_rows += rows
         self._set_depth()
         self._wakeup.set()
@@ -368,13 +379,16 @@ class DynamicBatcher:
                 tracing.record("batch execution", pending.trace.parent, since_ns, now, attributes, error)
 
     def _runs_inline(self) -> bool:
-        """Off by default: saves the thread hand-off for a proven-tiny model while nothing else
-        waits (tiny MLP p50 0.30 vs 0.35-0.45 ms at 1 client), but run inline under load it lost
-        (2,000 vs 3,400+ req/s at 32 clients: compute no longer overlaps HTTP work on the other
-        core), and an inline batch that hangs cannot be cut by its deadline.
+        """Inline only while the model serves one request at a time: it saves the thread hand-off
+        (tiny MLP p50 0.30 vs 0.35-0.45 ms at 1 client), but under load inline lost (2,000 vs
+        3,400+ req/s at 32 clients: compute no longer overlaps HTTP work on the other core), so a
+        second request in flight sends the model back to its thread at once. An inline batch cannot
+        be cut by its deadline, so only proven-tiny built-in graphs qualify (the registry never
+        passes ``inline_below`` for user code).
         """
         return (
             self._inline_below > 0
+            and self.callers <= 1
             and not self._queue
             and self._executions >= _WARMUP
             and self._avg_batch_s < self._inline_below

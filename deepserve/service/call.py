@@ -86,9 +86,9 @@ class Call:
     _incoming: Incoming | None
     _token: contextvars.Token[Any] | None
     request_id: str | None
-    __slots__ = ("_error", "_incoming", "_inflight", "_label", "_observed", "_open", "_registry", "_span",
-                 "_stage", "_start", "_stats", "_token", "_version", "code", "entry", "model", "protocol",
-                 "request_id")  # fmt: skip
+    __slots__ = ("_admitted", "_error", "_incoming", "_inflight", "_label", "_observed", "_open", "_registry",
+                 "_span", "_stage", "_start", "_stats", "_token", "_version", "code", "entry", "model",
+                 "protocol", "request_id")  # fmt: skip
 
     def __init__(
         self, registry: Registry, stage: CodecStage, model: str, version: str | None, protocol: str
@@ -96,6 +96,7 @@ class Call:
         self._registry, self._stage = registry, stage
         self.model, self._version, self.protocol = model, version, protocol
         self._open = self._observed = False
+        self._admitted: DynamicBatcher | None = None  # the batcher counting this request
         self._span: Any = None
         self.code = "200"
 
@@ -113,6 +114,8 @@ class Call:
             self.entry: ModelEntry = self._registry.get(self.model, self._version)
             if self.entry.batcher is not None:
                 self.entry.batcher.admit()
+                self._admitted = self.entry.batcher
+                self._admitted.callers += 1
         except BaseException as exc:
             self.__exit__(type(exc), exc, exc.__traceback__)
             raise
@@ -145,6 +148,8 @@ class Call:
     def _count(self) -> None:
         elapsed = time.perf_counter_ns() - self._start
         self._inflight.dec()
+        if self._admitted is not None:
+            self._admitted.callers -= 1
         counter, histogram = self._registry.metrics.request_children(self._label, self.protocol, self.code)
         counter.inc()
         histogram.observe(elapsed / 1e9)

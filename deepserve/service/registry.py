@@ -244,7 +244,9 @@ class Registry:
             item_rows=handler.item_rows,
             item_cost=handler.item_cost,
             default_timeout=s.request_timeout_s,
-            inline_below=s.inline_compute_ms / 1000.0,
+            # user code (a handler the user brings) may block: it always runs in the worker thread,
+            # where a deadline still answers its callers
+            inline_below=s.inline_compute_ms / 1000.0 if handler.spec.handler is None else 0.0,
             metrics=self.metrics,
             stats=entry.stats,
         )  # fmt: skip

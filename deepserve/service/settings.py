@@ -81,9 +81,11 @@ class Settings(BaseSettings):
         "add latency; raise it on GPUs. None = no budget",
     )
     inline_compute_ms: float = Field(
-        default=0.0,
+        default=0.3,
         ge=0,
-        description="idle tiny models run on the event loop (0 = never; see batching.py)",
+        description="a built-in model whose batches take less than this runs on the event loop while it "
+        "serves one request at a time (saves the thread hand-off; user code never does; see batching.py). "
+        "0 = never",
     )
     codec_threads: int = Field(
         default=2, ge=1, description="threads for pre/post-processing that is too slow for the event loop"

@@ -202,3 +202,27 @@ async def test_inline_mode_runs_tiny_batches_on_the_loop_only_after_warmup(sum_h
     assert all(name.startswith("model-sum") for name in threads[:20])  # warm-up in the worker thread
     assert threads[-1] == threading.current_thread().name  # then on the event loop's thread
     await batcher.stop()
+
+
+async def test_inline_mode_goes_back_to_the_thread_as_soon_as_requests_batch(sum_handler: SumHandler) -> None:
+    """Inline only while the model serves one request at a time: with several requests in flight
+    (concurrent clients) the batches run in the worker thread, where compute overlaps HTTP work."""
+    import threading
+
+    batches: list[tuple[int, str]] = []
+    original = sum_handler.predict_batch
+
+    def recording(items: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        batches.append((len(items), threading.current_thread().name))
+        return original(items)
+
+    batcher = DynamicBatcher(recording, model="sum", max_batch_size=8, inline_below=1.0)
+    await batcher.start()
+    for i in range(25):
+        await batcher.submit(rows(i))
+    assert batches[-1][1] == threading.current_thread().name  # one client: on the loop
+    batcher.callers = 6  # six requests in flight, as the data plane counts them
+    await asyncio.gather(*(batcher.submit(rows(i)) for i in range(6)))
+    together = [name for size, name in batches[25:] if size > 1]
+    assert together and all(name.startswith("model-sum") for name in together)
+    await batcher.stop()

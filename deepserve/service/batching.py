@@ -189,11 +189,16 @@ class DynamicBatcher:
         trace = tracing.waiting() if tracing.active else None
         pending = _Pending(item, rows, cost, future, now, now + timeout, arrival, length, trace)
         if not self._current and self._runs_inline():
-            # idle, one client, a proven-tiny graph: run it now, without the two hops through the
-            # owner task (its wake-up, then ours) that a queued request takes
-            await self._execute([pending])  # inline: _compute does not suspend
-            self._current = []
-            return future.result()
+            # one step first: requests that arrived with this one (their tasks are ready, not yet
+            # counted) reach the model, and then it is not alone. An inline request never yields
+            # again, so without this step a loaded server would look idle to every request.
+            await asyncio.sleep(0)
+            if not self._current and self._runs_inline():
+                # idle, one client, a proven-tiny graph: run it now, without the two hops through
+                # the owner task (its wake-up, then ours) that a queued request takes
+                await self._execute([pending])  # inline: _compute does not suspend
+                self._current = []
+                return future.result()
         self._queue.append(pending)
         self._queued_rows += rows
         self._set_depth()

@@ -206,7 +206,8 @@ async def test_inline_mode_runs_tiny_batches_on_the_loop_only_after_warmup(sum_h
 
 async def test_inline_mode_goes_back_to_the_thread_as_soon_as_requests_batch(sum_handler: SumHandler) -> None:
     """Inline only while the model serves one request at a time: with several requests in flight
-    (concurrent clients) the batches run in the worker thread, where compute overlaps HTTP work."""
+    (concurrent clients, counted as the data plane's Call counts them) the batches run in the
+    worker thread, where compute overlaps the loop's HTTP work."""
     import threading
 
     batches: list[tuple[int, str]] = []
@@ -217,12 +218,20 @@ async def test_inline_mode_goes_back_to_the_thread_as_soon_as_requests_batch(sum
         return original(items)
 
     batcher = DynamicBatcher(recording, model="sum", max_batch_size=8, inline_below=1.0)
+
+    async def call(i: int) -> None:
+        batcher.callers += 1
+        try:
+            await batcher.submit(rows(i))
+        finally:
+            batcher.callers -= 1
+
     await batcher.start()
     for i in range(25):
-        await batcher.submit(rows(i))
-    assert batches[-1][1] == threading.current_thread().name  # one client: on the loop
-    batcher.callers = 6  # six requests in flight, as the data plane counts them
-    await asyncio.gather(*(batcher.submit(rows(i)) for i in range(6)))
-    together = [name for size, name in batches[25:] if size > 1]
-    assert together and all(name.startswith("model-sum") for name in together)
+        await call(i)
+    assert batches[-1] == (1, threading.current_thread().name)  # one client: on the loop
+    await asyncio.gather(*(call(i) for i in range(6)))
+    later = batches[25:]
+    assert sum(size for size, _ in later) == 6 and max(size for size, _ in later) > 1
+    assert all(name.startswith("model-sum") for _, name in later)  # none of them inline
     await batcher.stop()

@@ -168,6 +168,13 @@ class TextGenerationHandler(Handler):
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one token stands for (OpenAI logprobs' ``bytes``): the byte tokenizer's byte; else the
+        token decoded alone (a byte-level BPE piece of a longer character comes out as U+FFFD)."""
+        if isinstance(self.tokenizer, BytesTokenizer):
+            return bytes([token])
+        return self.tokenizer.decode([token]).encode()
+
     def text_stream(self) -> TextStream:
         """A fresh token -> text decoder for one generated sequence (never emits half a character)."""
         return self.tokenizer.text_stream()

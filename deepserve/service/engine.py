@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deepserve.handlers.base import InvalidInputError
-from deepserve.handlers.generation import TextGenerationHandler, sample
+from deepserve.handlers.generation import TextGenerationHandler
 from deepserve.handlers.tokenizer import ByteStream, TextStream
 from deepserve.service import tracing
 from deepserve.service.errors import (
@@ -47,33 +47,11 @@ from deepserve.service.errors import (
 )
 from deepserve.service.kv_cache import BatchCache
 from deepserve.service.metrics import Metrics
+from deepserve.service.sampling import SamplingParams, TokenLogprob, next_tokens
 
+__all__ = ["GenerationChunk", "GenerationEngine", "SamplingParams"]  # SamplingParams: from sampling.py
 log = logging.getLogger(__name__)
 _HANDOFF_S = 0.002  # longest a decode step waits for the loop to take its chunks (_Courier.send)
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    n: int = 1
-
-    def check(self) -> None:
-        """Raise InvalidRequestError naming the first out-of-range field."""
-        problems = [
-            (self.max_tokens < 1, f"max_tokens must be >= 1, got {self.max_tokens}"),
-            (self.temperature < 0, f"temperature must be >= 0, got {self.temperature}"),
-            (self.top_k is not None and self.top_k < 1, f"top_k must be >= 1 (or unset), got {self.top_k}"),
-            (not 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.n < 1, f"n must be >= 1, got {self.n}"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise InvalidRequestError(message)
 
 
 @dataclass(frozen=True)
@@ -82,6 +60,7 @@ class GenerationChunk:
     text: str
     token_ids: list[int]  # tokens generated since the previous chunk of this choice (sum = completion tokens)
     finish_reason: str | None  # "stop" | "length" on the last chunk of a choice
+    logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when the request asked
 
 
 class _TextStream:
@@ -141,6 +120,8 @@ class _Sequence:
     next_token: int = 0  # sampled, not yet fed to the model
     generated: int = 0
     pending: list[int] = field(default_factory=list)  # token ids not yet sent in a chunk
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # theirs, when asked for
+    counts: dict[int, int] = field(default_factory=dict)  # generated token -> times (the penalties)
     last_time: float = 0.0
     finished: bool = False
 
@@ -244,12 +225,13 @@ class GenerationEngine:
         if not self._accepting:
             cls = ModelNotReadyError if self._thread is None and not self._stopping else ShuttingDownError
             raise cls(f"model {self.model!r} is not accepting requests (engine not running); retry")
-        params.check()
+        params.check(self.handler.vocab_size)
         if params.n > self.max_running:
             raise InvalidRequestError(f"n={params.n} exceeds this model's max_running ({self.max_running})")
         ids = self.handler.encode(prompt) if isinstance(prompt, str) else list(prompt)
         try:
             self.handler.check_prompt(ids)
+            params.check_context(len(ids), self.handler.context_length)
         except InvalidInputError as exc:
             raise InvalidRequestError(str(exc)) from None
         trace = tracing.waiting() if tracing.active else None
@@ -378,21 +360,21 @@ class GenerationEngine:
 
     def _sample_and_emit(self, seqs: list[_Sequence], logits: np.ndarray, out: Outbox) -> None:
         """Sample one token per sequence from ``logits`` (B, V) and turn it into chunks and metrics."""
-        params = [s.request.params for s in seqs]
-        tokens = sample(
+        tokens, logprobs = next_tokens(
             logits,
-            np.array([p.temperature for p in params]),
-            np.array([p.top_k or 0 for p in params]),
-            np.array([p.top_p for p in params]),
+            [s.request.params for s in seqs],
+            [s.counts for s in seqs],
             np.array([s.rng.random() for s in seqs]),
         )
         now = time.perf_counter()
-        for seq, token in zip(seqs, tokens.tolist(), strict=True):
+        for seq, token, logprob in zip(seqs, tokens.tolist(), logprobs, strict=True):
             if seq.generated == 0:
                 self._m["time_to_first_token"].observe(now - seq.request.arrival)
             else:
                 self._m["inter_token_latency"].observe(now - seq.last_time)
             seq.last_time = now
+            if logprob is not None:
+                seq.pending_logprobs.append(logprob)
             self._emit(seq, token, out)
         self._m["generated_tokens"].inc(len(seqs))
 
@@ -401,6 +383,7 @@ class GenerationEngine:
         seq.generated += 1
         seq.next_token = token
         seq.pending.append(token)
+        seq.counts[token] = seq.counts.get(token, 0) + 1
         finish: str | None = None
         if token == self.handler.eos_id:
             text, finish = seq.text.flush(), "stop"
@@ -411,8 +394,9 @@ class GenerationEngine:
             elif seq.generated >= params.max_tokens or seq.length >= self.handler.context_length:
                 text, finish = text + seq.text.flush(), "length"
         if text or finish:
-            out.append((seq.request, GenerationChunk(seq.choice, text, seq.pending, finish)))
-            seq.pending = []
+            logprobs = seq.pending_logprobs if params.logprobs is not None else None
+            out.append((seq.request, GenerationChunk(seq.choice, text, seq.pending, finish, logprobs)))
+            seq.pending, seq.pending_logprobs = [], []
         seq.finished = finish is not None
 
     def _deliver(self, out: Outbox) -> None:

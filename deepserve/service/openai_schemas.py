@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-style API (small JSON, so pydantic validation is cheap here).
 
-Unknown fields are ignored (clients send many we do not use); fields we cannot honour
-(``logprobs``, ``best_of`` > 1, ``echo``, tools) are rejected with a clear 400 by the routes.
+Unknown fields are ignored (clients send many we do not use), and so is ``user``; fields we cannot
+honour (``best_of`` > 1, ``echo`` with ``logprobs``, tools) are rejected with a clear 400 by the routes.
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ class _Sampling(_Body):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: Any = None
-    user: str | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> -100..100
+    user: str | None = None  # accepted and ignored
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -51,6 +53,7 @@ class _Sampling(_Body):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # the chosen token's and this many more
     echo: bool = False
     best_of: int | None = None
 
@@ -75,4 +78,6 @@ class ChatMessage(_Body):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[Any] | None = None

@@ -2,8 +2,10 @@
 
 Streaming answers are server-sent events ending in ``data: [DONE]``; with
 ``stream_options.include_usage`` one extra chunk with ``"choices": []`` carries the usage.
-Chat prompts: the messages' texts joined by newlines (the GPTs here are plain language models,
-trained without a chat template).
+Chat prompts: the model's own chat template when its tokenizer has one, else the messages' texts
+joined by newlines (``service.chat_template``). Sampling follows OpenAI's parameters, penalties and
+``logit_bias`` included (``service.sampling``, which says how logprobs are computed); ``logprobs``
+come in OpenAI's completion and chat shapes (``service.openai_logprobs``).
 
 Extension of ``/v1/embeddings``: ``"cluster": true`` adds ``"cluster": {"id": 3, "distance": 0.21}``
 to each ``data`` item, the nearest k-means centroid of a model with clusters (``deepserve cluster``)
@@ -17,6 +19,7 @@ import base64
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,11 +29,14 @@ from starlette.responses import Response, StreamingResponse
 from deepserve.handlers.embedding import EmbeddingHandler
 from deepserve.service import json_codec
 from deepserve.service.call import Call
+from deepserve.service.chat_template import format_chat
 from deepserve.service.errors import InvalidRequestError
 from deepserve.service.http_deps import plane_of
 from deepserve.service.http_errors import error_body
 from deepserve.service.http_stream import TrackedStreamingResponse, record_stream_error
+from deepserve.service.openai_logprobs import ChoiceLogprobs, token_bytes_of
 from deepserve.service.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from deepserve.service.sampling import TokenLogprob
 from deepserve.service.streaming import merge, prime
 
 router = APIRouter()
@@ -117,15 +123,28 @@ def _encode_vector(vector: np.ndarray, encoding: str) -> Any:
 
 
 # -- text generation -------------------------------------------------------------------------
-def _sampling(body: Any, max_tokens: int | None) -> Any:
-    from deepserve.service.engine import SamplingParams
+def _sampling(body: Any, max_tokens: int | None, logprobs: int | None) -> Any:
+    from deepserve.service.sampling import SamplingParams
 
-    if body.logprobs not in (None, False, 0):
-        raise InvalidRequestError("logprobs are not supported by this server; leave 'logprobs' unset")
     return SamplingParams(
         max_tokens=max_tokens or 16, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
         stop=body.stop_strings(), seed=body.seed, n=body.n,
+        frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
+        logit_bias=_logit_bias(body.logit_bias), logprobs=logprobs,
+        refuse_past_context=max_tokens is not None,  # an unset max_tokens is cut at the context, not refused
     )  # fmt: skip
+
+
+def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``{"token id": bias}`` (JSON object keys are strings) as (id, bias) pairs."""
+    pairs = []
+    for key, value in (bias or {}).items():
+        try:
+            pairs.append((int(key), float(value)))
+        except ValueError:
+            raise InvalidRequestError(f"logit_bias key {key!r} is not a token id; key it by the model's "
+                                      "token ids") from None  # fmt: skip
+    return tuple(pairs)
 
 
 def _prompts(call: Call, body: CompletionRequest) -> list[str]:
@@ -146,20 +165,26 @@ def _prompts(call: Call, body: CompletionRequest) -> list[str]:
 
 @router.post("/v1/completions")
 async def completions(request: Request, body: CompletionRequest) -> Response:
-    if body.echo or (body.best_of or 1) > 1:
-        raise InvalidRequestError("'echo' and 'best_of' > 1 are not supported; leave them unset")
+    if (body.best_of or 1) > 1:
+        raise InvalidRequestError("'best_of' > 1 is not supported; leave it unset (n gives several choices)")
+    if body.echo and body.logprobs is not None:
+        raise InvalidRequestError(
+            "'echo' with 'logprobs' is not supported: this server computes the logprobs of generated "
+            "tokens, not the prompt's; drop one of them"
+        )
     with plane_of(request).call(body.model, None, "openai") as call:
         prompts = _prompts(call, body)
-        params = _sampling(body, body.max_tokens)
-        run = await _start(call, prompts, params, "cmpl")
+        params = _sampling(body, body.max_tokens, body.logprobs)
+        shape = None if body.logprobs is None else "completion"
+        run = await _start(call, prompts, params, "cmpl", shape, echo=body.echo)
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(call, _completion_events(body.model, run, include, call))
         choices, usage = await _collect(run)
     return _json({
         "id": run.id, "object": "text_completion", "created": run.created, "model": body.model,
-        "choices": [{"text": c["text"], "index": i, "logprobs": None, "finish_reason": c["finish_reason"]}
-                    for i, c in enumerate(choices)],
+        "choices": [{"text": c["text"], "index": i, "logprobs": c["logprobs"],
+                     "finish_reason": c["finish_reason"]} for i, c in enumerate(choices)],
         "usage": usage,
     })  # fmt: skip
 
@@ -168,32 +193,39 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
 async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
     if body.tools:
         raise InvalidRequestError("tools / function calling are not supported by these models")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise InvalidRequestError("'top_logprobs' needs 'logprobs': true")
     with plane_of(request).call(body.model, None, "openai") as call:
-        prompt = "\n".join(m.text() for m in body.messages if m.role != "tool")
-        params = _sampling(body, body.max_completion_tokens or body.max_tokens)
-        run = await _start(call, [prompt], params, "chatcmpl")
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        version_dir = getattr(call.handler, "version_dir", None)
+        prompt = format_chat(messages, version_dir if isinstance(version_dir, Path) else None)
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        params = _sampling(body, body.max_completion_tokens or body.max_tokens, top)
+        run = await _start(call, [prompt], params, "chatcmpl", None if top is None else "chat")
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(call, _chat_events(body.model, run, include, call))
         choices, usage = await _collect(run)
     return _json({
         "id": run.id, "object": "chat.completion", "created": run.created, "model": body.model,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": c["text"]}, "logprobs": None,
-                     "finish_reason": c["finish_reason"]} for i, c in enumerate(choices)],
+        "choices": [{"index": i, "message": {"role": "assistant", "content": c["text"]},
+                     "logprobs": c["logprobs"], "finish_reason": c["finish_reason"]}
+                    for i, c in enumerate(choices)],
         "usage": usage,
     })  # fmt: skip
 
 
 class _Run:
-    """One API call: its prompts' merged chunk streams and what the usage block needs."""
+    """One API call: its prompts' merged chunk streams, what the usage block needs, the echoed prompts
+    and the logprobs writers (one per choice: a stream's text offsets carry on from chunk to chunk)."""
 
-    def __init__(
-        self, stream: AsyncIterator[tuple[int, Any]], n: int, prompt_tokens: int, prefix: str
-    ) -> None:
+    def __init__(self, stream: AsyncIterator[tuple[int, Any]], params: Any, prompt_tokens: int,
+                 prefix: str, logprobs: ChoiceLogprobs) -> None:  # fmt: skip
         self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"  # OpenAI's: cmpl-… completions, chatcmpl-… chat
         self.created = int(time.time())
-        self.stream, self.n, self.prompt_tokens = stream, n, prompt_tokens
+        self.stream, self.n, self.prompt_tokens = stream, params.n, prompt_tokens
         self.completion_tokens = 0
+        self.logprobs = logprobs
 
     def usage(self) -> dict[str, int]:
         total = self.prompt_tokens + self.completion_tokens
@@ -204,23 +236,29 @@ class _Run:
         }
 
 
-async def _start(call: Call, prompts: list[str], params: Any, prefix: str) -> _Run:
+async def _start(
+    call: Call, prompts: list[str], params: Any, prefix: str, shape: str | None, *, echo: bool = False
+) -> _Run:
     prompt_ids = [await call.tokenize(p) for p in prompts]  # once: for the engine and the usage
     tokens = sum(len(ids) for ids in prompt_ids)
     sources = [await prime(call.generate(ids, params)) for ids in prompt_ids]
-    return _Run(merge(sources), params.n, tokens, prefix)
+    logprobs = ChoiceLogprobs(shape, token_bytes_of(call.handler), prompts if echo else [], params.n)
+    return _Run(merge(sources), params, tokens, prefix, logprobs)
 
 
 async def _collect(run: _Run) -> tuple[list[dict[str, Any]], dict[str, int]]:
     texts: dict[int, list[str]] = {}
     reasons: dict[int, str | None] = {}
+    logprobs: dict[int, list[TokenLogprob]] = {}
     async for source, chunk in run.stream:
         index = source * run.n + chunk.choice
-        texts.setdefault(index, []).append(chunk.text)
+        texts.setdefault(index, [run.logprobs.echo(index)]).append(chunk.text)
+        logprobs.setdefault(index, []).extend(chunk.logprobs or [])
         run.completion_tokens += len(chunk.token_ids)
         if chunk.finish_reason:
             reasons[index] = chunk.finish_reason
-    choices = [{"text": "".join(texts[i]), "finish_reason": reasons.get(i, "stop")} for i in sorted(texts)]
+    choices = [{"text": "".join(texts[i]), "finish_reason": reasons.get(i, "stop"),
+                "logprobs": run.logprobs.format(i, logprobs[i])} for i in sorted(texts)]  # fmt: skip
     return choices, run.usage()
 
 
@@ -248,10 +286,15 @@ async def _completion_events(
     model: str, run: _Run, include_usage: bool, call: Call
 ) -> AsyncIterator[bytes]:
     base = {"id": run.id, "object": "text_completion", "created": run.created, "model": model}
+    extra = {"usage": None} if include_usage else {}
+    for index in range(len(run.logprobs.echoed) * run.n):  # echo: each choice's text starts with its prompt
+        choice = {"text": run.logprobs.echo(index), "index": index, "logprobs": None, "finish_reason": None}
+        yield _event({**base, "choices": [choice], **extra})
 
     def make(index: int, chunk: Any) -> dict[str, Any]:
-        choice = {"text": chunk.text, "index": index, "logprobs": None, "finish_reason": chunk.finish_reason}
-        return {**base, "choices": [choice]} | ({"usage": None} if include_usage else {})
+        choice = {"text": chunk.text, "index": index, "logprobs": run.logprobs.format(index, chunk.logprobs),
+                  "finish_reason": chunk.finish_reason}  # fmt: skip
+        return {**base, "choices": [choice], **extra}
 
     async for event in _guarded(run, make, call):
         yield event
@@ -271,7 +314,8 @@ async def _chat_events(
 
     def make(index: int, chunk: Any) -> dict[str, Any]:
         delta = {"content": chunk.text} if chunk.text else {}
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": chunk.finish_reason}
+        choice = {"index": index, "delta": delta, "logprobs": run.logprobs.format(index, chunk.logprobs),
+                  "finish_reason": chunk.finish_reason}  # fmt: skip
         return {**base, "choices": [choice], **extra}
 
     async for event in _guarded(run, make, call):

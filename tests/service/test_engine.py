@@ -324,3 +324,29 @@ async def test_stop_delivers_everything_and_ends_both_threads(gpt_runtime: Runti
         chunks = await asyncio.wait_for(task, 5)
         assert chunks[-1].finish_reason == "length" and all(c.finish_reason is None for c in chunks[:-1])
     assert not [t for t in threading.enumerate() if t.name.startswith("generation-tiny-gpt")]
+
+
+async def test_logprobs_and_penalties_do_not_depend_on_batch_companions(gpt_runtime: Runtime) -> None:
+    asks = [
+        ("the quick", SamplingParams(max_tokens=20, temperature=0.0, logprobs=3, frequency_penalty=0.8)),
+        ("naïve", SamplingParams(max_tokens=15, temperature=0.9, seed=2, presence_penalty=1.5, logprobs=0)),
+        ("over the", SamplingParams(max_tokens=25, temperature=0.0, logit_bias=((ord("e"), -100.0),))),
+    ]
+    engine = make_engine(SlowRuntime(gpt_runtime))
+    await engine.start()
+    try:
+        alone = [await collect(engine, p, s) for p, s in asks]
+        batched = await asyncio.gather(*(collect(engine, p, s) for p, s in asks))
+        with pytest.raises(InvalidRequestError, match="maximum context length is 64 tokens"):
+            await collect(engine, "x" * 60, SamplingParams(max_tokens=5, refuse_past_context=True))
+    finally:
+        await engine.stop()
+    for (prompt, params), a, b in zip(asks, alone, batched, strict=True):
+        assert texts(a) == texts(b), prompt
+        for chunk in a:  # one logprob per token, in every chunk, when asked for
+            want = None if params.logprobs is None else len(chunk.token_ids)
+            assert (None if chunk.logprobs is None else len(chunk.logprobs)) == want
+        mine, companied = ([lp for c in chunks for lp in c.logprobs or []] for chunks in (a, b))
+        assert [lp.token for lp in mine] == [lp.token for lp in companied]  # batched math: ~1e-7 apart
+        np.testing.assert_allclose([lp.logprob for lp in mine], [lp.logprob for lp in companied], atol=1e-5)
+    assert "e" not in texts(alone[2])[0]  # the banned token never comes, however likely

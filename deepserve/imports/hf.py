@@ -73,6 +73,7 @@ def _fill(folder: HFFolder, opts: ImportOptions, runtime: str, tmp: Path, versio
         metrics: dict[str, Any] = {}
     else:
         variants, metrics = _export(folder, module, config, tmp, tokenizer, written.pad_id, length, io)
+        _keep_chat_template(folder.path, tmp)
     pre = TextPreprocessing(tokenizer="tokenizers", tokenizer_file="tokenizer.json", max_length=length,
                             pad_id=written.pad_id, vocab_size=int(config.vocab_size))  # fmt: skip
     generation = _generation(folder, config, length) if folder.task == "text-generation" else None
@@ -167,6 +168,14 @@ def _export(
                  source=str(folder.path.resolve()))  # fmt: skip
     worst = max(c["rel"] for c in results[0].checks)
     return [r.to_variant() for r in results], {"max_rel_error_vs_transformers": worst}
+
+
+def _keep_chat_template(src: Path, dst: Path) -> None:
+    """The files that carry the model's chat template, beside the exported graph: the chat route
+    formats conversations with it (``service.chat_template``) as the model was trained to read them."""
+    for name in ("tokenizer_config.json", "chat_template.jinja"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
 
 
 def _copy_folder(src: Path, dst: Path, *, link: bool) -> None:

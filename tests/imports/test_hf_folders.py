@@ -7,6 +7,7 @@ clients. Each answer is compared with transformers' own model on the same input.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,12 +33,16 @@ from tests.imports import hf_folders
 TEXTS = ["hello world, hello server", "the quick brown fox jumps over the lazy dog", "tokens"]
 PROMPTS = ["hello world, the", "batching groups requests so"]
 FP32_REL = THRESHOLDS["fp32"]["rel"]
+CHAT_TEMPLATE = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf-folders")
     clf, gpt2 = hf_folders.bert_classifier(root / "clf"), hf_folders.gpt2_lm(root / "gpt2")
+    config = json.loads((gpt2 / "tokenizer_config.json").read_text())
+    config["chat_template"] = CHAT_TEMPLATE
+    (gpt2 / "tokenizer_config.json").write_text(json.dumps(config))
     return {"clf": clf, "gpt2": gpt2, "minilm": Path(gt_minilm.get_model_path())}
 
 
@@ -289,3 +294,12 @@ def test_bpe_stream_never_emits_half_a_character(folders: dict[str, Path], store
     assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
     # the case the stream exists for: a prefix of the ids ends inside a character
     assert any(tokenizer.decode(ids[:k]).endswith("\ufffd") for k in range(1, len(ids)))
+
+
+@pytest.mark.parametrize("model", ["hf-gpt2", "hf-gpt2-torch"])
+def test_the_folders_chat_template_comes_with_the_model(store: Path, model: str) -> None:
+    """Exported to ONNX or served by transformers, the model formats chats with its own template."""
+    from deepserve.service.chat_template import format_chat
+
+    prompt = format_chat([{"role": "user", "content": "hi"}], store / model / "1")
+    assert prompt == "<user>hi\n<assistant>"

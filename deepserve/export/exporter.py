@@ -145,6 +145,15 @@ def build_spec(
     )
 
 
+def write_assets(plan: GraphPlan, tmp: Path) -> None:
+    """The plan's extra files (a tokenizer.json, categories.json), plain names only."""
+    for name, text in plan.assets.items():
+        reserved = name.startswith("model.") or name == "parity.json"
+        if not is_plain_model_name(name) or reserved:
+            raise ExportError(f"checkpoint asset {name!r} is not a plain file name export may write")
+        (tmp / name).write_text(text, encoding="utf-8")
+
+
 def write_version(
     plan: GraphPlan,
     ckpt: Checkpoint,
@@ -155,6 +164,7 @@ def write_version(
     source: str,
     skip_slow: bool = False,
 ) -> None:
+    write_assets(plan, tmp)
     results = export_plan(plan, tmp, skip_slow=skip_slow)
     built = {r.file for r in results}
     not_built = [s.file for s in steps(plan) if s.file not in built]

@@ -34,10 +34,17 @@ def _sklearn_table(loader: str) -> Rows:
 
 
 def _topics(meta: dict[str, Any]) -> Rows:
-    from deepserve.training.textdata import topic_snippets
+    from deepserve.training.textdata import subword_snippets, topic_snippets
 
-    length = int(meta["preprocessing"]["max_length"])
-    ids, mask = topic_snippets(length=length, topics=tuple(meta["labels"])).test.tensors[:2]
+    prep, topics = meta["preprocessing"], tuple(meta["labels"])
+    length = int(prep["max_length"])
+    if prep.get("tokenizer", "bytes") == "bytes":
+        ids, mask = topic_snippets(length=length, topics=topics).test.tensors[:2]
+    else:  # the same 128-byte test snippets through the checkpoint's own tokenizer.json
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(meta["assets"][prep.get("tokenizer_file") or "tokenizer.json"])
+        ids, mask = subword_snippets(tokenizer, length, topics=topics).test.tensors[:2]
     return {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
 
 
@@ -52,7 +59,7 @@ def _lm_text(meta: dict[str, Any]) -> Rows:
 def _builtin(meta: dict[str, Any]) -> tuple[Rows, str] | None:
     source = str(meta.get("data_source", ""))
     task = meta.get("task")
-    if source == "sklearn digits":
+    if source.startswith("sklearn digits"):  # all digits, or some classes of them (transfer recipes)
         return _digits(), "sklearn digits, test split"
     if source == "sklearn breast_cancer":
         return _sklearn_table("load_breast_cancer"), "sklearn breast_cancer, test split"
@@ -74,7 +81,10 @@ def _synthetic(meta: dict[str, Any], rows: int) -> Rows:
         return {"pixels": gen.random(shape, dtype=np.float32)}
     if kind == "tabular":
         mean, std = np.array(prep["mean"], np.float32), np.array(prep["std"], np.float32)
-        return {"features": (mean + std * gen.standard_normal((rows, len(mean)))).astype(np.float32)}
+        features = (mean + std * gen.standard_normal((rows, len(mean)))).astype(np.float32)
+        for name, values in (prep.get("categories") or {}).items():  # one-hot columns take indexes
+            features[:, prep["features"].index(name)] = gen.integers(0, len(values), rows)
+        return {"features": features}
     if kind == "text":
         length, vocab = min(int(prep.get("max_length", 32)), 48), int(prep.get("vocab_size", 256))
         low, high = (32, 127) if vocab >= 127 else (1, vocab)  # printable ASCII bytes where the vocab allows

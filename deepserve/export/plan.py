@@ -39,6 +39,8 @@ class GraphPlan:
     generation: dict[str, Any] | None = None
     # GPT: (prompts, new tokens) for the check that step-by-step greedy generation equals eager
     greedy: tuple[list[list[int]], int] | None = None
+    # files written beside the graphs, {name: text}: a tokenizer.json, a categories.json
+    assets: dict[str, str] = field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:

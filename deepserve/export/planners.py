@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,9 @@ from deepserve.export.serving import (
     TextEmbedder,
 )
 from deepserve.training.checkpoint import Checkpoint
+from deepserve.training.features import categorical_columns
 
-INT8_MODELS = {"transformer", "gpt"}
+INT8_MODELS = {"transformer", "gpt", "bert"}
 
 
 def _out_dims(module: nn.Module, example: tuple[torch.Tensor, ...]) -> list[int]:
@@ -51,14 +53,23 @@ def plan_image(ckpt: Checkpoint, model: nn.Module, prep: dict[str, Any]) -> Grap
     )
 
 
+def _categories_asset(categories: dict[str, list[str]]) -> dict[str, str]:
+    """categories.json: what each one-hot column's index means (a client sends the index)."""
+    if not categories:
+        return {}
+    return {"categories.json": json.dumps(categories, indent=2, ensure_ascii=False) + "\n"}
+
+
 def plan_tabular(ckpt: Checkpoint, model: nn.Module, prep: dict[str, Any]) -> GraphPlan:
     regression = ckpt.task == "regression"
+    categories: dict[str, list[str]] = dict(prep.get("categories") or {})
     module = TabularModel(
         model,
         prep["mean"],
         prep["std"],
         prep.get("target_mean") if regression else None,
         prep.get("target_std") if regression else None,
+        categorical=categorical_columns(list(prep["features"]), categories),
     ).eval()
     example = (
         torch.tensor(prep["mean"], dtype=torch.float32).repeat(2, 1) + torch.randn(2, len(prep["mean"])),
@@ -78,6 +89,7 @@ def plan_tabular(ckpt: Checkpoint, model: nn.Module, prep: dict[str, Any]) -> Gr
         max_batch_size=256,
         classifier=not regression,
         labels=list(ckpt.meta.get("labels", [])),
+        assets=_categories_asset(categories),
     )
 
 
@@ -113,6 +125,7 @@ def plan_text(ckpt: Checkpoint, model: nn.Module, prep: dict[str, Any]) -> Graph
         classifier=not embedding,
         int8=ckpt.model_name in INT8_MODELS,
         labels=list(ckpt.meta.get("labels", [])),
+        assets=dict(ckpt.meta.get("assets") or {}),  # a subword model's tokenizer.json
     )
 
 

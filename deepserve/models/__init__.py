@@ -24,7 +24,7 @@ _REGISTRY: dict[str, ModelBuilder] = {}
 
 # Modules that register builders when imported. Kept explicit so `list_models()` is complete
 # without the caller knowing where each architecture lives.
-_ZOO_MODULES = ("mlp", "cnn", "rnn", "transformer", "vit", "gpt", "autoencoder", "gan")
+_ZOO_MODULES = ("mlp", "cnn", "rnn", "transformer", "bert", "vit", "gpt", "autoencoder", "gan")
 
 
 def register_model(name: str | None = None) -> Callable[[ModelBuilder], ModelBuilder]:

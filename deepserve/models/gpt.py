@@ -8,6 +8,8 @@ Two entry points share every weight:
   1 = real token, hides padding anywhere (left or right), so sequences of different lengths can be
   decoded in one batch. Cache layout: (n_layer, B, n_head, P, head_dim).
   ``GPTWithCache`` exposes it as ``forward`` for export. No generation loop lives here.
+``grad_checkpoint`` recomputes each block in backward during training (``forward`` only; the
+cached path is inference), trading compute for activation memory; export is unaffected.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from deepserve.models import register_model
 
@@ -33,6 +36,7 @@ class GPTConfig:
     d_model: int = 128
     dropout: float = 0.0
     bias: bool = True
+    grad_checkpoint: bool = False  # recompute each block in backward (training only)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
@@ -151,8 +155,9 @@ class GPT(nn.Module):
         torch._assert(input_ids.shape[1] <= self.config.context_length, "sequence longer than context_length")
         pos = torch.arange(T, device=input_ids.device)
         x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (B, T, C)
+        recompute = self.config.grad_checkpoint and self.training and torch.is_grad_enabled()
         for block in self.h:
-            x = block(x)[0]
+            x = checkpoint(block, x, use_reentrant=False)[0] if recompute else block(x)[0]
         return self.lm_head(self.ln_f(x))  # (B, T, V)
 
     def forward_cached(

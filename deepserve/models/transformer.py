@@ -6,6 +6,10 @@ Attention is written out with ``F.scaled_dot_product_attention`` and an additive
 Padded positions never influence real ones: positions are counted over real tokens (so left
 and right padding give the same result) and padded keys get a -1e4 bias (exp underflows to exactly
 0 in fp32, and the constant stays finite in fp16, so fully padded rows give no NaN).
+
+``grad_checkpoint`` recomputes each block's activations in backward instead of keeping them
+(``torch.utils.checkpoint``): less memory for more compute, in training only, so exported graphs
+are the same with it on or off.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from deepserve.models import register_model
 
@@ -85,6 +90,7 @@ class TransformerConfig:
     num_classes: int = 2
     pad_id: int = 0
     pooling: str = "mean"  # "mean": masked mean over real tokens; "first": token 0 (needs right padding)
+    grad_checkpoint: bool = False  # recompute each block in backward (training only)
 
     def __post_init__(self) -> None:
         if self.pooling not in ("mean", "first"):
@@ -124,8 +130,9 @@ class TransformerEncoder(nn.Module):
         x = self.embedding(input_ids) * math.sqrt(self.config.d_model) + self.pe[positions]  # (B, T, C)
         x = self.drop(x)
         bias = padding_bias(attention_mask, x.dtype)  # (B, 1, 1, T)
+        recompute = self.config.grad_checkpoint and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, bias)
+            x = checkpoint(block, x, bias, use_reentrant=False) if recompute else block(x, bias)
         return x
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Vision Transformer (guide ch. 14): conv patch embedding, CLS token, learned position
-embeddings, pre-norm transformer blocks, classifier on the CLS state."""
+embeddings, pre-norm transformer blocks, classifier on the CLS state. ``grad_checkpoint``
+recomputes each block in backward (training only; export is unaffected)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from deepserve.models import register_model
 from deepserve.models.transformer import MultiHeadSelfAttention
@@ -23,6 +25,7 @@ class ViTConfig:
     n_layer: int = 4
     d_ff: int = 128
     dropout: float = 0.1
+    grad_checkpoint: bool = False  # recompute each block in backward (training only)
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -75,7 +78,12 @@ class ViT(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, C)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, C)
         x = self.drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # (B, N+1, C)
-        x = self.norm(self.blocks(x))
+        if self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
+        x = self.norm(x)
         return self.head(x[:, 0])  # CLS state -> (B, K)
 
 

@@ -13,6 +13,8 @@ loading uses ``torch.load(..., weights_only=True)``, which refuses arbitrary Pyt
     data_fingerprint "sha256:<hex>" of the training data
     recipe           built-in recipe name or "custom"
     train_config     the TrainConfig as a dict
+    assets           files export writes beside the graph, {name: text} (a subword model's tokenizer.json)
+    transfer         the transfer-learning regime (finetune.py), with pretrained_on and unfreezing
     torch_version, created (ISO-8601 UTC)
 """
 

@@ -43,6 +43,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (quick runs)
     max_seconds: float | None = None  # wall-clock budget; the lr schedule is sized to it
     threads: int | None = None  # torch intra-op threads; None = torch default
+    profile: bool = False  # torch.profiler trace of a few steps -> trace.json beside the checkpoint
     extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific (beta, latent_dim, ...)
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from deepserve.training.checkpoint import fingerprint
+from deepserve.training.features import TabularTransform, categorical_columns, scaler_stats
 
 SPLIT_SEED = 1234
 BYTE_VOCAB = 256
@@ -37,6 +38,8 @@ class TaskData:
     fingerprint: str
     labels: list[str] = field(default_factory=list)
     source: str = ""
+    # files the exported version needs beside its graph, by name (a tokenizer.json), as text
+    assets: dict[str, str] = field(default_factory=dict)
 
 
 def split_indices(n: int, val_frac: float = 0.1, test_frac: float = 0.2) -> tuple[Tensor, Tensor, Tensor]:
@@ -90,18 +93,31 @@ def tabular_data(
     labels: list[str] | None = None,
     targets: list[str] | None = None,
     source: str = "",
+    scaler: str = "standard",
+    categories: dict[str, list[str]] | None = None,
 ) -> TaskData:
-    """Classification when ``labels`` is given, regression (standardised targets) when ``targets`` is."""
+    """Classification when ``labels`` is given, regression (standardised targets) when ``targets`` is.
+
+    Numeric columns are scaled by ``scaler`` (features.py); the ``categories`` columns hold codes
+    and are one-hot encoded. ``preprocessing`` records what export bakes into the graph.
+    """
     tr, va, te = split_indices(len(x))
     digest = fingerprint(x, y)  # of the raw values, before any scaling
-    mean, std = _stats(x[tr], (0,))
-    xs = (x - mean) / std
+    one_hot = categorical_columns(features, categories or {})
+    numeric = [i for i in range(x.shape[1]) if i not in one_hot]
+    mean, std = torch.zeros(x.shape[1]), torch.ones(x.shape[1])
+    mean[numeric], std[numeric] = scaler_stats(x[tr][:, numeric], scaler)
+    with torch.no_grad():
+        xs = TabularTransform(mean.tolist(), std.tolist(), one_hot)(x)
     prep: dict[str, Any] = {
         "kind": "tabular",
         "features": features,
-        "mean": mean.tolist(),
-        "std": std.tolist(),
+        "mean": mean.tolist(),  # the scaler's center
+        "std": std.tolist(),  # ... and scale
+        "scaler": scaler,
     }
+    if categories:
+        prep["categories"] = categories
     if targets is not None:
         y = y.reshape(len(y), -1).float()
         t_mean, t_std = _stats(y[tr], (0,))
@@ -128,6 +144,32 @@ def digits(*, normalise: bool = True) -> TaskData:
     pixels = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
     return image_data(
         pixels, torch.tensor(d.target), [str(i) for i in range(10)], "sklearn digits", normalise=normalise
+    )
+
+
+def digits_classes(classes: tuple[int, ...], per_class: int | None = None) -> TaskData:
+    """The digits of ``classes`` only (labels renumbered 0..K-1), split as ``digits()`` splits all of
+    them, so a model pretrained on other classes never saw these test images. ``per_class`` keeps
+    that many training images of each class (a small labelled set, where transfer pays off)."""
+    full = digits()
+    keep = torch.tensor(classes)
+
+    def subset(split: TensorDataset, limit: int | None) -> TensorDataset:
+        x, y = split.tensors
+        rows = [torch.nonzero(y == c).flatten()[:limit] for c in classes]
+        idx = torch.cat(rows).sort().values
+        return TensorDataset(x[idx], torch.searchsorted(keep, y[idx]))
+
+    return TaskData(
+        "classification",
+        "image",
+        subset(full.train, per_class),
+        subset(full.val, None),
+        subset(full.test, None),
+        full.preprocessing,
+        fingerprint(full.fingerprint, str(classes), str(per_class)),
+        [str(c) for c in classes],
+        f"sklearn digits {', '.join(map(str, classes))}" + (f", {per_class} per class" if per_class else ""),
     )
 
 

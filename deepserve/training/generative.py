@@ -75,6 +75,7 @@ def train_vae(job: Job, ctx: ddp.DistContext | None = None) -> Path:
         device=device,
         ctx=ctx,
         progress=job.progress,
+        trace_path=job.trace_path,
     )
     if ctx.is_main:
         model.cpu()

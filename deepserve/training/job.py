@@ -2,7 +2,7 @@
 
 A recipe (built-in or the user's data) becomes a ``Job``; the trainer for its kind
 (supervised / language model / VAE / GAN) runs it and calls ``finish`` on rank 0, which writes
-``checkpoint.pt``, ``metrics.json``, ``metrics.csv`` and ``curves.png`` into ``out_dir``.
+``checkpoint.pt``, ``metrics.json``, ``metrics.csv``, ``steps.csv`` and ``curves.png`` into ``out_dir``.
 """
 
 from __future__ import annotations
@@ -29,13 +29,18 @@ class Job:
     data: TaskData
     cfg: TrainConfig
     out_dir: Path
-    augment: bool = False  # 1-pixel random shifts for small images
+    augment: bool | tuple[str, ...] = False  # True: 1-pixel random shifts; names: augment.py
     progress: bool | None = None  # None: a bar only on a TTY
     meta: dict[str, Any] = field(default_factory=dict)  # extra meta (generation defaults, latent_dim, ...)
 
     @property
     def checkpoint_path(self) -> Path:
         return self.out_dir / "checkpoint.pt"
+
+    @property
+    def trace_path(self) -> Path | None:
+        """Where ``--profile`` writes its Chrome trace (None: not profiling)."""
+        return self.out_dir / "trace.json" if self.cfg.profile else None
 
 
 def finish(
@@ -61,6 +66,7 @@ def finish(
         "train_config": job.cfg.to_dict(),
         # a plain str: torch.__version__ is a TorchVersion, which weights_only loading refuses
         "torch_version": str(torch.__version__),
+        **({"assets": dict(job.data.assets)} if job.data.assets else {}),
         **job.meta,
     }
     ckpt = Checkpoint(job.model_name, dict(job.model_config), model.state_dict(), meta)
@@ -81,7 +87,8 @@ def finish(
             "train_seconds": fit.seconds,
         }
     summary |= extra_summary or {}
-    write_metrics(job.out_dir, summary, history)
+    steps = fit.step_history if fit else None
+    write_metrics(job.out_dir, summary, history, steps)
     if history:
-        plot_curves(job.out_dir, history, f"{job.recipe}: {job.model_name}")
+        plot_curves(job.out_dir, history, f"{job.recipe}: {job.model_name}", steps)
     return job.checkpoint_path

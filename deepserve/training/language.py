@@ -85,6 +85,7 @@ def train_language_model(job: Job, ctx: ddp.DistContext | None = None) -> Path:
         device=device,
         ctx=ctx,
         progress=job.progress,
+        trace_path=job.trace_path,
     )
     if ctx.is_main:
         baseline = unigram_cross_entropy(*lm_ids(job.data), BYTE_VOCAB)

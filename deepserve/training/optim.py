@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch.optim import lr_scheduler
@@ -24,8 +25,19 @@ class ConfigError(ValueError):
     """A training option has a value the loop cannot use."""
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+ParamGroups = list[dict[str, Any]]
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter] | ParamGroups, cfg: TrainConfig
+) -> torch.optim.Optimizer:
+    """Plain parameters: the trainable ones, all at ``cfg.lr``. Param groups (dicts with their own
+    ``lr``) are taken as they are, frozen parameters included: gradual unfreezing turns them on
+    later, and the optimizer skips a parameter while it has no gradient."""
+    items = list(params)
+    if not all(isinstance(g, dict) for g in items):
+        items = [p for p in items if isinstance(p, torch.nn.Parameter) and p.requires_grad]
+    params = items  # type: ignore[assignment]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
@@ -75,7 +87,8 @@ class Schedule:
         elif cfg.scheduler == "cosine":
             self.sched = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
         elif cfg.scheduler == "onecycle":
-            self.sched = lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps + 1)
+            peaks = [float(g["lr"]) for g in optimizer.param_groups]  # per group: differential rates
+            self.sched = lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps + 1)
         elif cfg.scheduler == "exponential":
             self.sched = lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
         elif cfg.scheduler == "plateau":

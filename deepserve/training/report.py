@@ -1,4 +1,5 @@
-"""Per-run outputs next to the checkpoint: metrics.json, metrics.csv (one row per epoch), curves.png."""
+"""Per-run outputs next to the checkpoint: metrics.json, metrics.csv (one row per epoch), steps.csv
+(gradient norms per optimizer step and layer group), curves.png."""
 
 from __future__ import annotations
 
@@ -24,20 +25,48 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def write_metrics(out_dir: Path, summary: dict[str, Any], history: list[dict[str, float]]) -> None:
+def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_metrics(
+    out_dir: Path,
+    summary: dict[str, Any],
+    history: list[dict[str, float]],
+    steps: list[dict[str, float]] | None = None,
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {**summary, "history": history}
     (out_dir / "metrics.json").write_text(json.dumps(_plain(payload), indent=2) + "\n", encoding="utf-8")
     if history:
-        keys = list(dict.fromkeys(k for row in history for k in row))
-        with (out_dir / "metrics.csv").open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(history)
+        _write_csv(out_dir / "metrics.csv", history)
+    if steps:
+        _write_csv(out_dir / "steps.csv", steps)
 
 
-def plot_curves(out_dir: Path, history: list[dict[str, float]], title: str) -> Path:
-    """Losses on the left, every other per-epoch metric on the right."""
+def _grad_panel(ax: Any, history: list[dict[str, float]], steps: list[dict[str, float]] | None) -> None:
+    """Gradient norms per step (per epoch when no step rows), total and per layer group, log scale."""
+    rows, x = (steps, "step") if steps else (history, "epoch")
+    names = dict.fromkeys(k for r in rows for k in r if k.startswith("grad_norm"))
+    keys = [k for k in names if k != "grad_norm_max"]
+    for key in keys:
+        points = [(r[x], r[key]) for r in rows if key in r and r[key] > 0 and math.isfinite(r[key])]
+        if points:
+            total = key == "grad_norm"
+            ax.plot(*zip(*points, strict=True), label="total" if total else key.removeprefix("grad_norm."),
+                    linewidth=1.5 if total else 0.8, color="black" if total else None)  # fmt: skip
+    ax.set_yscale("log" if ax.lines else "linear")
+    ax.set_xlabel(x)
+
+
+def plot_curves(
+    out_dir: Path, history: list[dict[str, float]], title: str, steps: list[dict[str, float]] | None = None
+) -> Path:
+    """Losses, every other per-epoch metric, and the gradient norms (when recorded), side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,19 +75,21 @@ def plot_curves(out_dir: Path, history: list[dict[str, float]], title: str) -> P
     path = out_dir / "curves.png"
     epochs = [row["epoch"] for row in history]
     losses = [k for k in history[0] if "loss" in k] if history else []
-    others = (
-        [k for k in history[0] if k not in losses and k not in ("epoch", "lr", "seconds")] if history else []
-    )
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    skip = ("epoch", "lr", "seconds")
+    others = [k for k in history[0] if k not in losses and k not in skip and not k.startswith("grad_norm")]
+    grads = any(k.startswith("grad_norm") for row in history for k in row) or bool(steps)
+    fig, axes = plt.subplots(1, 3 if grads else 2, figsize=(15 if grads else 10, 4))
     for key in losses:
         axes[0].plot(epochs, [row.get(key, math.nan) for row in history], marker=".", label=key)
     for key in others:
         axes[1].plot(epochs, [row.get(key, math.nan) for row in history], marker=".", label=key)
-    for ax, name in zip(axes, ("loss", "metric"), strict=True):
-        ax.set_xlabel("epoch")
+    if grads:
+        _grad_panel(axes[2], history, steps)
+    for ax, name in zip(axes, ("loss", "metric", "gradient norm"), strict=False):
+        ax.set_xlabel(ax.get_xlabel() or "epoch")
         ax.set_ylabel(name)
         if ax.lines:
-            ax.legend()
+            ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

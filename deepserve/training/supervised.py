@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from deepserve.models import build_model
 from deepserve.training import distributed as ddp
+from deepserve.training.augment import Augment, build_augment, random_shift
 from deepserve.training.config import seed_everything
 from deepserve.training.job import Job, finish
 from deepserve.training.loop import Batch, LossFn, ValMetric, fit
@@ -24,19 +25,21 @@ from deepserve.training.metrics import classification_metrics, regression_metric
 EVAL_BATCH = 256
 
 
-def random_shift(x: Tensor, pad: int = 1) -> Tensor:
-    """Shift every image by up to ``pad`` pixels in x and y (the augmentation the digits need)."""
-    b, _, h, w = x.shape  # (B, C, H, W)
-    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, b)).tolist()
-    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+def job_augment(job: Job) -> Augment | None:
+    """The job's augmentation: ``True`` is the built-in digits recipes' 1-pixel shift; a tuple names them."""
+    names = job.augment if isinstance(job.augment, tuple) else (("shift",) if job.augment else ())
+    prep = job.data.preprocessing
+    return build_augment(names, prep.get("mean", []), prep.get("std", []))
 
 
-def loss_for(task: str, augment: bool = False) -> LossFn:
+def loss_for(task: str, augment: Augment | bool | None = None) -> LossFn:
+    """Cross-entropy or MSE; ``augment`` (True: a 1-pixel shift) applies to training batches only."""
+    transform = random_shift if augment is True else augment or None
+
     def loss_fn(model: nn.Module, batch: Batch) -> Tensor:
         *inputs, y = batch
-        if augment and model.training:
-            inputs[0] = random_shift(inputs[0])
+        if transform is not None and model.training:
+            inputs[0] = transform(inputs[0])
         out = model(*inputs)
         return F.cross_entropy(out, y) if task == "classification" else F.mse_loss(out, y)
 
@@ -87,12 +90,13 @@ def train_supervised(job: Job, ctx: ddp.DistContext | None = None) -> Path:
         wrapped,
         train,
         val,
-        loss_for(job.data.task, job.augment),
+        loss_for(job.data.task, job_augment(job)),
         job.cfg,
         device=device,
         ctx=ctx,
         val_metric=val_metric(job, device),
         progress=job.progress,
+        trace_path=job.trace_path,
     )
     if ctx.is_main:
         metrics = evaluate(model, job, job.data.test, device)

@@ -1,11 +1,14 @@
-"""Byte-level text data: language-model windows and topic-labelled snippets.
+"""Text data: byte-level language-model windows, and topic-labelled snippets as bytes or subwords.
 
-Token ids are the UTF-8 bytes (vocab 256, pad id 0: NUL never occurs in text). Splits are by
+Byte token ids are the UTF-8 bytes (vocab 256, pad id 0: NUL never occurs in text). Splits are by
 position, never by shuffling windows, so overlapping train windows cannot leak into val/test.
+``subword_snippets`` re-tokenises the same snippets with a pretrained encoder's tokenizer.json
+(WordPiece for MiniLM), exactly as the server will tokenise a request's text.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -111,3 +114,60 @@ def topic_snippets(
         labels,
         f"pydoc_data.topics, topics {', '.join(labels)}",
     )
+
+
+def snippet_text(window: torch.Tensor) -> str:
+    """A byte window as the text a client would send (a character cut at either end is dropped)."""
+    return bytes(window.tolist()).decode("utf-8", errors="ignore")
+
+
+def subword_snippets(
+    tokenizer: Any,
+    max_tokens: int,
+    *,
+    topics: tuple[str, ...],
+    length: int = 128,
+    train_stride: int | None = None,
+) -> TaskData:
+    """``topic_snippets`` (same windows, same splits) tokenised by a ``tokenizers`` tokenizer that
+    adds the encoder's special tokens and truncates at ``max_tokens``; rows right-padded to it."""
+    byte_data = topic_snippets(length=length, train_stride=train_stride, topics=topics)
+    pad_id = tokenizer.token_to_id("[PAD]") or 0
+
+    def encode(split: TensorDataset) -> TensorDataset:
+        windows, _, y = split.tensors
+        encodings = tokenizer.encode_batch([snippet_text(w) for w in windows])
+        ids = torch.full((len(windows), max_tokens), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(encodings):
+            row = e.ids[:max_tokens]
+            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+        return TensorDataset(ids, mask, y)
+
+    prep = {
+        "kind": "text",
+        "tokenizer": "tokenizers",
+        "tokenizer_file": "tokenizer.json",
+        "max_length": max_tokens,
+        "pad_id": pad_id,
+        "vocab_size": tokenizer.get_vocab_size(),
+    }
+    return replace(
+        byte_data,
+        train=encode(byte_data.train),
+        val=encode(byte_data.val),
+        test=encode(byte_data.test),
+        preprocessing=prep,
+        assets={"tokenizer.json": tokenizer.to_str()},
+    )
+
+
+def subsample(data: TaskData, sizes: tuple[int, int, int]) -> TaskData:
+    """Evenly spaced rows of each split (every topic kept): quick runs of the subword recipes."""
+
+    def take(split: TensorDataset, n: int) -> TensorDataset:
+        idx = torch.linspace(0, len(split) - 1, min(n, len(split))).round().long()
+        return TensorDataset(*(t[idx] for t in split.tensors))
+
+    train, val, test = (take(s, n) for s, n in zip((data.train, data.val, data.test), sizes, strict=True))
+    return replace(data, train=train, val=val, test=test)

@@ -2,9 +2,11 @@
 
     deepserve train digits-cnn [--quick] [--out DIR] [--epochs N] [--seed S] ...
     deepserve train docs-gpt --max-seconds 120       (wall-clock budget; the lr decay fits it)
-    deepserve train csv data.csv --label price [--task regression]
-    deepserve train images photos/            (one sub-folder per class)
+    deepserve train csv data.csv --label price [--task regression] [--scaler robust] [--one-hot]
+    deepserve train images photos/ [--augment flip crop jitter]   (one sub-folder per class)
     deepserve train text notes.txt            (byte-level GPT)
+    deepserve train docs-minilm-gradual       (transfer learning: see README, "Transfer learning")
+    deepserve train docs-gpt --profile --grad-checkpoint   (trace.json of a few steps; less memory)
     torchrun --nproc_per_node 2 -m deepserve.training.train digits-cnn --quick     (DDP, gloo on CPU)
 
 Bad input (missing label column, empty folder, not UTF-8, ...) exits with code 2 and one line
@@ -23,11 +25,13 @@ from typing import Any
 import torch
 
 from deepserve.training import distributed as ddp
+from deepserve.training.augment import AUGMENTATIONS
 from deepserve.training.config import OFF, OPTIMIZERS, SCHEDULERS
 from deepserve.training.data import DataError
+from deepserve.training.features import SCALERS
 from deepserve.training.job import Job
 from deepserve.training.optim import ConfigError
-from deepserve.training.recipes import DDP_TRAINERS, RECIPES, make_job, run_job
+from deepserve.training.recipes import DDP_TRAINERS, RECIPES, make_job, recipe_for, run_job
 from deepserve.training.userjobs import USER_SOURCES, make_user_job
 
 EXIT_BAD_INPUT = 2
@@ -52,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     user.add_argument("--image-size", type=int, default=32, help="images: resize to this square size")
     user.add_argument("--context", type=int, default=64, help="text: context length in bytes")
+    user.add_argument(
+        "--scaler", choices=SCALERS, default="standard", help="CSV: how numeric columns are scaled"
+    )
+    user.add_argument(
+        "--one-hot",
+        nargs="*",
+        metavar="COLUMN",
+        help="CSV: one-hot encode these columns (alone: every non-numeric column); send category indexes",
+    )
+    user.add_argument(
+        "--augment", nargs="+", choices=AUGMENTATIONS, default=(), help="images: training augmentation"
+    )
     t = p.add_argument_group("training (defaults come from the recipe)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--seed", type=int)
@@ -69,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast on CPU")
     t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument(
+        "--profile",
+        action="store_true",
+        default=None,
+        help="torch.profiler trace of a few steps -> trace.json; prints the top operators",
+    )
+    t.add_argument(
+        "--grad-checkpoint",
+        action="store_true",
+        help="recompute transformer / GPT / ViT blocks in backward (less activation memory)",
+    )
     t.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -94,6 +121,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
             "max_seconds",
             "bf16",
             "threads",
+            "profile",
         )
     }
     if args.grad_clip is not None:
@@ -119,8 +147,15 @@ def build_job(args: argparse.Namespace) -> tuple[Job, str]:
             f"or {', '.join(USER_SOURCES)} PATH for your own data"
         )
     out = args.out or Path("runs") / args.what
-    job = make_job(args.what, out, quick=args.quick, overrides=overrides(args), progress=args.progress)
-    return job, RECIPES[args.what].trainer
+    job = make_job(
+        args.what,
+        out,
+        quick=args.quick,
+        overrides=overrides(args),
+        progress=args.progress,
+        grad_checkpoint=args.grad_checkpoint,
+    )
+    return job, recipe_for(args.what).trainer
 
 
 def summary_line(job: Job) -> str:
@@ -136,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         job, trainer = build_job(args)
         if ctx.enabled and trainer not in DDP_TRAINERS:
             raise ConfigError(f"{args.what} trains single-process only; run it without torchrun")
+        if job.cfg.profile and trainer == "gan":  # its own alternating loop, not loop.fit
+            raise ConfigError(f"--profile profiles loop.fit's steps; {args.what} trains with the GAN loop")
         threads = job.cfg.threads or (
             max(1, (os.cpu_count() or 1) // ctx.world_size) if ctx.enabled else None
         )

@@ -42,11 +42,19 @@ def _float(value: str, column: str, row: int) -> float:
         v = float(value)
     except ValueError:
         raise DataError(
-            f"column {column!r} is not numeric (row {row}: {value!r}); feature columns must be numbers"
+            f"column {column!r} is not numeric (row {row}: {value!r}); feature columns must be numbers, "
+            f"or pass --one-hot {column} to one-hot encode it"
         ) from None
     if not math.isfinite(v):
         raise DataError(f"column {column!r} has a missing or non-finite value at row {row}")
     return v
+
+
+def _numeric(values: list[str]) -> bool:
+    try:
+        return all(math.isfinite(float(v)) for v in values)
+    except ValueError:
+        return False
 
 
 def _guess_task(values: list[str]) -> str:
@@ -58,7 +66,46 @@ def _guess_task(values: list[str]) -> str:
     return "classification" if integral and len(set(numbers)) <= MAX_CLASSES_GUESS else "regression"
 
 
-def load_csv(path: Path, label: str, task: str | None = None) -> TaskData:
+def _categorical(columns: dict[str, list[str]], one_hot: list[str] | None) -> list[str]:
+    """The columns to one-hot: those named, or (``--one-hot`` alone) every non-numeric one."""
+    if one_hot is None:
+        return []
+    unknown = [c for c in one_hot if c not in columns]
+    if unknown:
+        names, bad = ", ".join(columns), ", ".join(unknown)
+        raise DataError(f"--one-hot column(s) {bad} are not features; the features are: {names}")
+    return list(one_hot) or [c for c, values in columns.items() if not _numeric(values)]
+
+
+def _features(
+    columns: dict[str, list[str]], one_hot: list[str] | None
+) -> tuple[torch.Tensor, dict[str, list[str]]]:
+    """(N, F) float features (category codes in categorical columns) and each such column's categories."""
+    categorical = _categorical(columns, one_hot)
+    categories: dict[str, list[str]] = {}
+    out = []
+    for name, values in columns.items():
+        if name in categorical:
+            if any(v == "" for v in values):
+                raise DataError(f"column {name!r} has empty cells; fill them (say 'unknown') or drop rows")
+            categories[name] = sorted(set(values))
+            code = {v: float(i) for i, v in enumerate(categories[name])}
+            out.append([code[v] for v in values])
+        else:
+            out.append([_float(v, name, n) for n, v in enumerate(values, start=2)])
+    return torch.tensor(out, dtype=torch.float32).T.contiguous(), categories
+
+
+def load_csv(
+    path: Path,
+    label: str,
+    task: str | None = None,
+    *,
+    scaler: str = "standard",
+    one_hot: list[str] | None = None,
+) -> TaskData:
+    """``one_hot``: None = every feature must be numeric; [] = one-hot every non-numeric column;
+    names = one-hot those columns (numeric codes such as a zip code included)."""
     header, rows = _read_csv(path)
     if label not in header:
         raise DataError(f"label column {label!r} not found in {path.name}; columns are: {', '.join(header)}")
@@ -72,23 +119,21 @@ def load_csv(path: Path, label: str, task: str | None = None) -> TaskData:
     for n, r in enumerate(rows, start=2):
         if len(r) != len(header):
             raise DataError(f"row {n} of {path.name} has {len(r)} fields, the header has {len(header)}")
-    features = [h for i, h in enumerate(header) if i != li]
-    x = torch.tensor(
-        [[_float(v, header[i], n) for i, v in enumerate(r) if i != li] for n, r in enumerate(rows, start=2)],
-        dtype=torch.float32,
-    )
+    columns = {h: [r[i].strip() for r in rows] for i, h in enumerate(header) if i != li}
+    x, categories = _features(columns, one_hot)
     values = [r[li].strip() for r in rows]
     if any(v == "" for v in values):
         raise DataError(f"label column {label!r} has empty cells; fill or drop those rows")
     task = task or _guess_task(values)
+    common = {"source": str(path), "scaler": scaler, "categories": categories}
     if task == "regression":
         y = torch.tensor([_float(v, label, n) for n, v in enumerate(values, start=2)])
-        return tabular_data(x, y, features, targets=[label], source=str(path))
+        return tabular_data(x, y, list(columns), targets=[label], **common)  # type: ignore[arg-type]
     classes = sorted(set(values))
     if len(classes) < 2:
         raise DataError(f"label column {label!r} has a single class {classes[0]!r}; need at least two")
     y = torch.tensor([classes.index(v) for v in values])
-    return tabular_data(x, y, features, labels=classes, source=str(path))
+    return tabular_data(x, y, list(columns), labels=classes, **common)  # type: ignore[arg-type]
 
 
 def _class_images(folder: Path) -> dict[str, list[Path]]:

@@ -13,7 +13,7 @@ from typing import Any
 from deepserve.training.config import TrainConfig
 from deepserve.training.job import Job
 from deepserve.training.optim import ConfigError
-from deepserve.training.recipes import QUICK, _gpt, _mlp, _resnet
+from deepserve.training.recipes import QUICK, _gpt, _mlp, _resnet, checkpointable
 from deepserve.training.userdata import load_csv, load_image_folder, load_text
 
 USER_SOURCES = ("csv", "images", "text")
@@ -45,7 +45,7 @@ def _load(args: argparse.Namespace) -> Any:
     if args.what == "csv":
         if not args.label:
             raise ConfigError("`deepserve train csv PATH` needs --label COLUMN (the column to predict)")
-        return load_csv(args.path, args.label, args.task)
+        return load_csv(args.path, args.label, args.task, scaler=args.scaler, one_hot=args.one_hot)
     if args.what == "images":
         if args.image_size < 4:
             raise ConfigError(f"--image-size must be at least 4, got {args.image_size}")
@@ -82,16 +82,22 @@ def make_user_job(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[
         cfg = replace(cfg, epochs=max(cfg.epochs, math.ceil(MIN_STEPS / per_epoch)))
     stem = Path(args.path).stem
     out = args.out or Path("runs") / f"{args.what}-{stem}"
+    model_config = (quick_config if args.quick else config)(data)
+    if args.grad_checkpoint:
+        model_config["grad_checkpoint"] = checkpointable(model)
+    augment = tuple(args.augment) if args.what == "images" else ()
+    if args.augment and args.what != "images":
+        raise ConfigError("--augment applies to image folders (deepserve train images FOLDER)")
     job = Job(
         "custom",
         model,
-        (quick_config if args.quick else config)(data),
+        model_config,
         data,
         cfg,
         out,
-        augment=False,
+        augment=augment,
         progress=args.progress,
         # what `deepserve export` names the model by default: the data's own name
-        meta={"name": default_model_name(stem)},
+        meta={"name": default_model_name(stem), **({"augment": list(augment)} if augment else {})},
     )
     return job, trainer

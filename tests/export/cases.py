@@ -43,6 +43,7 @@ def _cls(prep: dict[str, Any], labels: list[str] = LABELS) -> dict[str, Any]:
 
 
 TINY_TEXT = {"vocab_size": 32, "num_classes": 3, "dropout": 0.0}
+TINY_BERT = {"hidden_size": 16, "n_layer": 1, "n_head": 2, "intermediate_size": 32, "max_position": 16}
 CASES = [
     ExportCase(
         "mlp",
@@ -120,6 +121,12 @@ CASES = [
         "transformer",
         "transformer",
         {**TINY_TEXT, "d_model": 16, "n_head": 2, "n_layer": 1, "d_ff": 32, "max_len": 16},
+        _cls(TEXT_PREP),
+    ),
+    ExportCase(
+        "bert",
+        "bert",
+        {**TINY_TEXT, **TINY_BERT},
         _cls(TEXT_PREP),
     ),
     ExportCase(

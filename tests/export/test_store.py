@@ -99,9 +99,11 @@ def test_default_build_trains_under_the_recipe_budget_and_stamps_it(
 def test_full_build_has_no_budget_and_threads_are_restored() -> None:
     import torch
 
-    from deepserve.training.recipes import RECIPES
+    from deepserve.training.recipes import RECIPES, store_recipes
 
-    assert all(RECIPES[n].store_seconds for n in RECIPES)
+    assert all(RECIPES[n].store_seconds for n in store_recipes())
+    assert store_mod.default_names() == [*store_recipes(), "minilm"]
+    assert "docs-classifier" in store_recipes() and "docs-minilm-gradual" not in store_recipes()
     assert store_mod.budget_for("docs-gpt", quick=False, full=False) == RECIPES["docs-gpt"].store_seconds
     assert store_mod.budget_for("docs-gpt", quick=False, full=True) is None
     assert store_mod.budget_for("docs-gpt", quick=True, full=False) is None

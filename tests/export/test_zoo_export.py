@@ -15,7 +15,7 @@ from deepserve.store import ModelSpec
 from tests.export.cases import CASES, write_checkpoint
 
 EXPECTED = {"model.onnx", "model.fp16.onnx", "model.pt", "model.pt2", "model.json", "parity.json"}
-INT8 = {"transformer", "gpt"}
+INT8 = {"transformer", "gpt", "bert"}
 # The slow lower-precision torch files (fp16 TorchScript, bf16 torch.export) for one model per family;
 # the others skip them, as the quick store does, to keep this sweep inside its time budget.
 ALL_VARIANTS = {"resnet", "transformer", "gpt"}

@@ -101,6 +101,8 @@ CASES = [
          tokens(32, 6), _cls(3), ce, other_lengths=tokens(32, 11), id="gru"),
     Case("transformer", {**TINY_TEXT, "d_model": 16, "n_head": 2, "n_layer": 1, "d_ff": 32, "max_len": 16},
          tokens(32, 6), _cls(3), ce, other_lengths=tokens(32, 11)),
+    Case("bert", {**TINY_TEXT, "hidden_size": 16, "n_layer": 1, "n_head": 2, "intermediate_size": 32,
+                  "max_position": 16}, tokens(32, 6), _cls(3), ce, other_lengths=tokens(32, 11)),
     Case("vit", {"image_size": 8, "patch_size": 4, "num_classes": 3, "d_model": 16, "n_head": 2, "n_layer": 1,
                  "d_ff": 32, "dropout": 0.0}, images(1, 8), _cls(3), ce),
     Case("gpt", {"vocab_size": 32, "context_length": 16, "n_layer": 2, "n_head": 2, "d_model": 16},

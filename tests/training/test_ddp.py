@@ -54,4 +54,5 @@ def test_torchrun_two_processes_write_one_checkpoint(tmp_path: Path) -> None:
         "curves.png",
         "metrics.csv",
         "metrics.json",
+        "steps.csv",
     ]

@@ -11,6 +11,7 @@ from pydantic import TypeAdapter
 from deepserve.store import GenerationDefaults, Preprocessing
 from deepserve.training.checkpoint import Checkpoint, load_checkpoint
 from deepserve.training.recipes import RECIPES, make_job, run_recipe
+from tests.training.tiny_bert import use_tiny_bert
 
 TASKS = {
     "digits-cnn": "classification",
@@ -21,6 +22,13 @@ TASKS = {
     "docs-classifier": "classification",
     "digits-vae": "embedding",
     "digits-dcgan": "image-generation",
+    # transfer learning (README, "Transfer learning"): trained on request, not by the store build
+    "docs-transformer": "classification",
+    "docs-bert-scratch": "classification",
+    "docs-minilm-frozen": "classification",
+    "docs-minilm-finetune": "classification",
+    "docs-minilm-gradual": "classification",
+    **{f"digits-transfer-{r}": "classification" for r in ("scratch", "frozen", "finetune", "gradual")},
 }
 
 
@@ -37,7 +45,7 @@ def recompute(name: str, ckpt: Checkpoint, out_dir: Path) -> dict[str, Any]:
 
     job = make_job(name, out_dir, quick=True)
     model = ckpt.build()
-    if RECIPES[name].trainer == "supervised":
+    if RECIPES[name].trainer in ("supervised", "transfer"):
         return evaluate(model, job, job.data.test, torch.device("cpu"))
     if RECIPES[name].trainer == "language":
         val = torch.utils.data.DataLoader(job.data.val, batch_size=64)
@@ -48,7 +56,8 @@ def recompute(name: str, ckpt: Checkpoint, out_dir: Path) -> dict[str, Any]:
 
 
 def check_meta(meta: dict[str, Any]) -> None:
-    prep = {k: v for k, v in meta["preprocessing"].items() if k not in ("target_mean", "target_std")}
+    extra = ("target_mean", "target_std", "scaler", "categories")  # kept in meta, baked into the graph
+    prep = {k: v for k, v in meta["preprocessing"].items() if k not in extra}
     TypeAdapter(Preprocessing).validate_python(prep)  # the dict export copies into model.json
     if "generation" in meta:
         GenerationDefaults.model_validate(meta["generation"])
@@ -57,7 +66,11 @@ def check_meta(meta: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
-def test_recipe_quick_checkpoint_round_trips(name: str, tmp_path: Path) -> None:
+def test_recipe_quick_checkpoint_round_trips(
+    name: str, tmp_path: Path, tiny_bert_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if RECIPES[name].model == "bert" or RECIPES[name].requires:
+        use_tiny_bert(monkeypatch, tiny_bert_folder)  # MiniLM itself: tests/export/test_minilm.py
     path = run_recipe(name, tmp_path / name, quick=True)
     assert path == tmp_path / name / "checkpoint.pt"
     assert (tmp_path / name / "curves.png").stat().st_size > 0

@@ -46,8 +46,9 @@ async def _stream(client: httpx.AsyncClient, first_done: asyncio.Event) -> dict[
     """One streamed completion; returns what arrived (finish reason, chunks, the [DONE] marker)."""
     body = {
         "model": GPT,
-        "prompt": "def serve(request):",
-        "max_tokens": 100,
+        # within the quick GPT's 32-token context: past it, OpenAI's rule is a 400, not a cut stream
+        "prompt": "def f():",
+        "max_tokens": 20,
         "stream": True,
         "temperature": 0,
     }

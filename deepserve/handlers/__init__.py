@@ -71,6 +71,7 @@ def load_handler(
     threads: int | None = None,
     spinning: bool = True,
     load: bool = True,
+    trt_cache_dir: Path | None = None,
 ) -> Handler:
     """The handler for the version in ``version_dir``, loaded unless ``load=False`` (then call ``load()``).
 
@@ -93,6 +94,7 @@ def load_handler(
     options["threads"] = threads
     if issubclass(cls, GraphHandler) or spec.task == "text-generation":
         options["spinning"] = spinning
+        options["trt_cache_dir"] = trt_cache_dir
     handler: Handler = cls(spec, version_dir, **options)
     if load:
         handler.load()

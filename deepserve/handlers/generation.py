@@ -95,8 +95,10 @@ class TextGenerationHandler(Handler):
         runtime: str | None = None,
         threads: int | None = None,
         spinning: bool = True,
+        trt_cache_dir: Path | None = None,
     ) -> None:
         super().__init__(spec)
+        self.trt_cache_dir = trt_cache_dir  # TensorRT's engine cache (GPUs only)
         self.version_dir, self.device, self.precision = version_dir, device, precision
         self.runtime_name, self.threads, self.spinning = runtime, threads, spinning
         self.runtime: Runtime | None = None
@@ -153,8 +155,9 @@ class TextGenerationHandler(Handler):
                 raise exc from None
             return
         self.runtime = open_runtime(
-            self.version_dir, variant, device=self.device, threads=self.threads, spinning=self.spinning
-        )
+            self.version_dir, variant, device=self.device, threads=self.threads, spinning=self.spinning,
+            trt_cache_root=self.trt_cache_dir,
+        )  # fmt: skip
 
     def _dir(self) -> Path:
         if self.version_dir is None:

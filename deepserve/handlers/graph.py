@@ -42,8 +42,10 @@ class GraphHandler(Handler):
         runtime: str | None = None,
         threads: int | None = None,
         spinning: bool = True,
+        trt_cache_dir: Path | None = None,
     ) -> None:
         super().__init__(spec)
+        self.trt_cache_dir = trt_cache_dir  # TensorRT's engine cache (GPUs only)
         self.version_dir = version_dir
         self.device, self.precision, self.runtime_name, self.threads = device, precision, runtime, threads
         self.spinning = spinning
@@ -106,8 +108,9 @@ class GraphHandler(Handler):
             self._runtime = self._eager_fallback(exc)
             return
         self._runtime = open_runtime(
-            self.version_dir, variant, device=self.device, threads=self.threads, spinning=self.spinning
-        )
+            self.version_dir, variant, device=self.device, threads=self.threads, spinning=self.spinning,
+            trt_cache_root=self.trt_cache_dir,
+        )  # fmt: skip
 
     def _eager_fallback(self, exc: ModelLoadError) -> Runtime:
         """No variant can serve: rebuild from the source checkpoint, unless an override asked otherwise."""

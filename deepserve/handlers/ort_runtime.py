@@ -4,6 +4,13 @@ Settings follow export-feasibility section 7: ``intra_op_num_threads`` = cores, 
 (parallel mode over-subscribes 2 cores), ``ORT_ENABLE_ALL`` (halves CNN latency) except for fp16
 graphs, where the NCHWc layout pass segfaults at session creation (onnxruntime#28392), so it is
 disabled there. Spinning is configurable: off frees the CPU for a co-located HTTP server.
+
+On a GPU the chain is TensorRT, then CUDA, then CPU (``providers_for``). TensorRT gets a
+``TensorrtPlan`` (deepserve.handlers.trt_plan): fp16 for an fp16 variant, an engine and timing
+cache in a folder keyed by the model file's hash and the GPU, and an optimisation profile from
+the model's dynamic axes. ``provider`` is what the session really registered first: ORT drops a
+provider it cannot create (TensorRT libraries missing) and logs it, so a silent fallback to CUDA
+or CPU shows there, in the load log line and in ``deepserve_model_provider_info``.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ import numpy as np
 
 from deepserve.handlers.base import ModelLoadError
 from deepserve.handlers.runtime import Runtime, is_cuda
-from deepserve.store import Variant
+from deepserve.handlers.trt_plan import TensorrtPlan, plan_tensorrt
+from deepserve.store import ModelSpec, Variant
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +42,50 @@ _ORT_DTYPES: dict[str, type[np.generic]] = {
 }
 
 
-def providers_for(device: str, available: list[str]) -> list[Any]:
-    """TensorRT, then CUDA, then CPU on a GPU device; CPU alone otherwise. Always explicit."""
+def device_index(device: str) -> int:
+    return int(device.split(":", 1)[1]) if ":" in device else 0
+
+
+def tensorrt_options(device_id: int, plan: TensorrtPlan) -> dict[str, Any]:
+    """The TensorRT provider's options for one model file (names as onnxruntime documents them)."""
+    options: dict[str, Any] = {"device_id": device_id, "trt_fp16_enable": plan.fp16}
+    if plan.cache_dir is not None:
+        options |= {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(plan.cache_dir),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(plan.cache_dir),
+        }
+    if plan.profile is not None:
+        options["trt_profile_min_shapes"] = plan.profile.min_shapes
+        options["trt_profile_opt_shapes"] = plan.profile.opt_shapes
+        options["trt_profile_max_shapes"] = plan.profile.max_shapes
+    return options
+
+
+def cuda_options(device_id: int) -> dict[str, Any]:
+    """HEURISTIC, not ORT's EXHAUSTIVE default: the batcher makes many batch shapes, and an
+    exhaustive cuDNN search on each new one stalls the first request at that size. Copies stay on
+    the default stream, ordered with the compute (needed while inputs come from host numpy)."""
+    return {"device_id": device_id, "cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": True}
+
+
+def providers_for(device: str, available: list[str], tensorrt: TensorrtPlan | None = None) -> list[Any]:
+    """TensorRT, then CUDA, then CPU on a GPU device; CPU alone otherwise. Always explicit.
+
+    ``tensorrt``: the model's TensorRT plan; without one (no model at hand) every GPU provider
+    gets only its device id, ORT's defaults otherwise.
+    """
     if not is_cuda(device):
         return ["CPUExecutionProvider"]
-    device_id = int(device.split(":", 1)[1]) if ":" in device else 0
+    device_id = device_index(device)
     chosen: list[Any] = []
     if "TensorrtExecutionProvider" in available:
-        chosen.append(("TensorrtExecutionProvider", {"device_id": device_id}))
+        trt = tensorrt_options(device_id, tensorrt) if tensorrt is not None else {"device_id": device_id}
+        chosen.append(("TensorrtExecutionProvider", trt))
     if "CUDAExecutionProvider" in available:
-        chosen.append(("CUDAExecutionProvider", {"device_id": device_id}))
+        cuda = cuda_options(device_id) if tensorrt is not None else {"device_id": device_id}
+        chosen.append(("CUDAExecutionProvider", cuda))
     return [*chosen, "CPUExecutionProvider"]
 
 
@@ -61,16 +103,35 @@ def session_options(variant: Variant, *, threads: int, spinning: bool) -> Any:
 
 
 class OrtRuntime(Runtime):
-    def __init__(self, path: Path, variant: Variant, *, device: str, threads: int, spinning: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        variant: Variant,
+        *,
+        device: str,
+        threads: int,
+        spinning: bool,
+        spec: ModelSpec | None = None,
+        max_batch_size: int | None = None,
+        trt_cache_root: Path | None = None,
+    ) -> None:
+        """``spec`` (model.json), ``max_batch_size`` (the batcher's largest batch, default the
+        model's) and ``trt_cache_root`` (default ~/.cache/deepserve/trt) shape the TensorRT plan."""
         import onnxruntime as ort
 
         self.path, self.variant, self.threads = path, variant, threads
         disabled = FP16_DISABLED_OPTIMIZERS if variant.precision == "fp16" else None
+        available = ort.get_available_providers()
+        plan = None
+        if spec is not None and is_cuda(device) and "TensorrtExecutionProvider" in available:
+            plan = plan_tensorrt(path, variant, spec, device_id=device_index(device),
+                                 max_batch_size=max_batch_size, cache_root=trt_cache_root)  # fmt: skip
+        self.providers_asked = providers_for(device, available, plan)
         try:
             self.session = ort.InferenceSession(
                 str(path),
                 session_options(variant, threads=threads, spinning=spinning),
-                providers=providers_for(device, ort.get_available_providers()),
+                providers=self.providers_asked,
                 disabled_optimizers=disabled,
             )
         except Exception as exc:  # ORT raises its own untyped errors for corrupt files
@@ -78,6 +139,15 @@ class OrtRuntime(Runtime):
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._input_dtypes = {i.name: _ORT_DTYPES.get(i.type) for i in self.session.get_inputs()}
+        self._log_provider(plan)
+
+    def _log_provider(self, plan: TensorrtPlan | None) -> None:
+        first_asked = _provider_name(self.providers_asked[0])
+        if self.provider != first_asked:  # e.g. TensorRT asked, its libraries absent: CUDA runs it
+            log.warning("%s runs on %s, not on %s (ORT could not create it; see its log above)",
+                        self.path.name, self.provider, first_asked)  # fmt: skip
+        if plan is not None and self.provider == "TensorrtExecutionProvider":
+            log.info("%s: TensorRT engine cache %s", self.path.name, plan.cache_dir)
         log.info("%s", self.describe())
 
     @property
@@ -99,6 +169,10 @@ class OrtRuntime(Runtime):
             f"onnxruntime {self.path.name} ({self.variant.precision}) on {self.provider}, "
             f"intra_op_threads={self.threads}"
         )
+
+
+def _provider_name(entry: Any) -> str:
+    return str(entry[0] if isinstance(entry, tuple) else entry)
 
 
 def _to_served(array: Any) -> np.ndarray:

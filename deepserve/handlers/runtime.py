@@ -54,6 +54,22 @@ class Runtime(ABC):
     @abstractmethod
     def describe(self) -> str: ...
 
+    @property
+    def provider(self) -> str:
+        """Where the graph really runs: an ORT provider name (``CUDAExecutionProvider``) or
+        ``torch-cpu`` / ``torch-cuda``; ``unknown`` for a runtime that does not say."""
+        return "unknown"
+
+
+def runtime_provider(handler: object) -> str:
+    """The provider of a loaded handler's runtime (``deepserve_model_provider_info``); user
+    handlers that hold no deepserve runtime report ``unknown``."""
+    try:
+        runtime = getattr(handler, "runtime", None)
+    except ModelLoadError:  # a graph handler not loaded yet
+        return "unknown"
+    return runtime.provider if isinstance(runtime, Runtime) else "unknown"
+
 
 def default_threads() -> int:
     """The cores this process may use (cgroup / affinity aware where the OS tells)."""
@@ -198,8 +214,15 @@ def open_runtime(
     device: str = "cpu",
     threads: int | None = None,
     spinning: bool = True,
+    max_batch_size: int | None = None,
+    trt_cache_root: Path | None = None,
 ) -> Runtime:
-    """Load ``variant``'s file with its backend; ``threads`` = cores this model may use."""
+    """Load ``variant``'s file with its backend; ``threads`` = cores this model may use.
+
+    On a GPU with TensorRT, ``max_batch_size`` (the batcher's largest batch; default the model's)
+    bounds its optimisation profile and ``trt_cache_root`` holds the engine cache
+    (default ~/.cache/deepserve/trt; deepserve.handlers.trt_plan).
+    """
     path = version_dir / variant.file
     if not _file_exists(path, variant.format):
         raise ModelLoadError(f"{path} is missing; re-export the model or pick another variant")
@@ -214,7 +237,9 @@ def open_runtime(
                 "provider; install the `gpu` extra (onnxruntime-gpu, not both builds) or use runtime='pt2'"
             )
         n_threads = threads or default_threads()
-        return OrtRuntime(path, variant, device=device, threads=n_threads, spinning=spinning)
+        return OrtRuntime(path, variant, device=device, threads=n_threads, spinning=spinning,
+                          spec=ModelSpec.read(version_dir), max_batch_size=max_batch_size,
+                          trt_cache_root=trt_cache_root)  # fmt: skip
     if is_cuda(device):
         _require_cuda(device)
     spec = ModelSpec.read(version_dir)

@@ -92,6 +92,10 @@ class TorchRuntime(Runtime):
             t = t.to(dtype)
         return t.to(self.device)
 
+    @property
+    def provider(self) -> str:
+        return f"torch-{self.device.type}"  # torch-cpu, torch-cuda
+
     def describe(self) -> str:
         threads = torch.get_num_threads()
         return f"{self.kind} {self.file} ({self.precision}) on {self.device}, torch_threads={threads}"

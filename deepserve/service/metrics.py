@@ -90,6 +90,11 @@ class Metrics:
             "deepserve_model_load_seconds", "Time the model version took to load", ["model", "version"],
             registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+        self.model_provider = Gauge(
+            "deepserve_model_provider_info", "1 for the execution provider the model version runs on "
+            "(TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider, torch-cuda, torch-cpu)",
+            ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
         self.prompt_tokens = Counter(
             "deepserve_prompt_tokens", "Prompt tokens processed", ["model"], registry=r
         )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from deepserve.handlers.base import Handler
+from deepserve.handlers.runtime import runtime_provider
 from deepserve.remote_store import RemoteStore, RemoteStoreError
 from deepserve.service.batching import DynamicBatcher
 from deepserve.service.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
@@ -216,6 +217,7 @@ class Registry:
             runtime=override.runtime,
             threads=self.settings.threads,
             spinning=self.settings.ort_spinning,
+            trt_cache_dir=self.settings.trt_cache_dir,
         )
         return handler
 
@@ -258,6 +260,8 @@ class Registry:
             entry.engine = await self._start_engine(entry, handler)
         entry.state, entry.reason = "ready", ""
         self.metrics.model_ready.labels(entry.name, str(entry.version)).set(1)
+        provider = runtime_provider(handler)  # what the session really got: TensorRT, CUDA or CPU
+        self.metrics.model_provider.labels(entry.name, str(entry.version), provider).set(1)
         # expose the autoscaler's input at 0 before the first request, so the HPA has a value
         self.metrics.inflight_child(entry.name)
 
@@ -309,6 +313,9 @@ class Registry:
         for entry in entries:  # unloaded on purpose: no series left at 0 to fire the not-ready alert
             with contextlib.suppress(KeyError):
                 self.metrics.model_ready.remove(entry.name, str(entry.version))
+            with contextlib.suppress(KeyError):
+                provider = runtime_provider(entry.handler)
+                self.metrics.model_provider.remove(entry.name, str(entry.version), provider)
 
     async def _stop_entry(self, entry: ModelEntry, timeout: float) -> None:
         deadline = time.monotonic() + timeout  # one for the model: its engine and batcher share it

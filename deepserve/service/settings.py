@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     # runtimes
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(default=None, ge=1, description="intra-op threads per model runtime")
+    trt_cache_dir: Path | None = Field(
+        default=None,
+        description="TensorRT engine and timing caches (on GPUs with TensorRT); default "
+        "~/.cache/deepserve/trt. A folder that cannot be written turns the cache off, not the model",
+    )
     ort_spinning: bool = Field(
         default=False,
         description="let ONNX Runtime's intra-op threads spin between runs: 10-20% lower latency for big "

@@ -13,7 +13,8 @@ When to wait (the adaptive choice): the owner runs one batch at a time in a sing
 thread, so requests that arrive while the model computes pile up and form the next batch on
 their own. Waiting ``max_delay`` on top only helps under concurrent load, so the owner waits
 (counted from the OLDEST waiting request) only when the previous batch held more than one
-request; a lone client never pays the delay, and a busy model still fills its batches.
+request, and only while some request admitted to the model is still decoding: a lone client never
+pays the delay, N clients make batches of N at once, and a busy model still fills its batches.
 
 Where a batch runs: in one worker thread per model (ONNX Runtime / torch release the GIL, so
 compute overlaps the event loop's HTTP work on the other core, and one thread keeps a model's
@@ -242,7 +243,7 @@ class DynamicBatcher:
         if self.max_delay <= 0 or self._last_batch_items <= 1 or self._closing:
             return
         limit = self._queue[0].enqueued + self.max_delay
-        while self._queued_rows < self._wait_target and not self._closing:
+        while self._queued_rows < self._wait_target and not self._closing and self._more_may_come():
             remaining = limit - time.monotonic()
             if remaining <= 0:
                 return
@@ -251,6 +252,13 @@ class DynamicBatcher:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
                 return
+
+    def _more_may_come(self) -> bool:
+        """Whether a request admitted to this model is still on its way to the queue (decoding).
+        When every one is already queued, waiting longer only adds latency: eight clients make
+        batches of eight at once, not after the delay. ``callers`` is 0 when nobody counts them
+        (a batcher driven directly): then the delay is waited as configured."""
+        return self.callers == 0 or len(self._queue) < self.callers
 
     def _cut(self) -> list[_Pending]:
         """The next batch: FIFO from the oldest live request, later ones joining when they fit

@@ -80,6 +80,19 @@ async def test_delay_flushes_a_partial_batch_under_load(sum_handler: SumHandler)
     await batcher.stop()
 
 
+async def test_no_waiting_once_every_admitted_request_is_queued(sum_handler: SumHandler) -> None:
+    """Two clients (counted as the data plane's Call counts them): once both requests are queued
+    nobody else can join, so the batch runs at once instead of after the delay."""
+    batcher = await _started(sum_handler, max_delay=0.5, max_batch_size=8)
+    batcher._last_batch_items = 2  # concurrent traffic seen: the owner would wait for more rows
+    batcher.callers = 2
+    t0 = time.monotonic()
+    await asyncio.gather(batcher.submit(rows(1)), batcher.submit(rows(2)))
+    assert sum_handler.batches == [2]
+    assert time.monotonic() - t0 < 0.25, "waited for company that could not come"
+    await batcher.stop()
+
+
 async def test_preferred_size_trims_the_batch(sum_handler: SumHandler) -> None:
     batcher = await _started(sum_handler, preferred_sizes=[2, 4])
     sum_handler.release.clear()

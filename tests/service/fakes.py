@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import numpy as np
+from asgi_lifespan import LifespanManager
 
 from deepserve.handlers.base import (
     Handler,
@@ -16,6 +20,8 @@ from deepserve.handlers.base import (
     TensorRequest,
     Tensors,
 )
+from deepserve.service.app import create_app
+from deepserve.service.dataplane import DataPlane
 from deepserve.store import ModelSpec, TensorSpec, Variant
 
 
@@ -150,3 +156,14 @@ def make_generation_handler() -> SumHandler:
     handler = SumHandler(make_spec("gen", task="text-generation"))
     handler.decode = lambda ids: bytes(ids).decode()  # type: ignore[attr-defined]
     return handler
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(plane: DataPlane) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """The plane's HTTP app, started with its models loaded, and a client calling it in-process."""
+    app = create_app(plane)
+    async with plane, LifespanManager(app) as manager:
+        await plane.loaded()
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client, app

@@ -12,16 +12,15 @@ import numpy as np
 import openai
 import pytest
 import pytest_asyncio
-from asgi_lifespan import LifespanManager
 from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances_argmin_min
 
-from deepserve.service.app import create_app
 from deepserve.service.dataplane import DataPlane
 from deepserve.service.settings import Settings
 from deepserve.store import ModelSpec
 from deepserve.training.clustering import ClusterData, cluster_model
 from tests.handlers.cluster_models import topic_texts, write_blob_model, write_text_model
+from tests.service.fakes import asgi_client
 
 SEED = 0
 
@@ -50,12 +49,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest_asyncio.fixture(loop_scope="function")
 async def client(store: Path) -> AsyncIterator[httpx.AsyncClient]:
     plane = DataPlane(Settings(model_store=store, threads=1, request_timeout_s=10.0))
-    app = create_app(plane)
-    async with plane, LifespanManager(app) as manager:
-        await plane.loaded()
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with asgi_client(plane) as (c, _):
+        yield c
 
 
 def _v2(rows: np.ndarray, outputs: list[str] | None = None) -> dict[str, Any]:

@@ -14,17 +14,15 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import tritonclient.http as triton_http
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from deepserve.service import json_codec
-from deepserve.service.app import create_app
 from deepserve.service.dataplane import DataPlane
 from deepserve.service.metrics import Metrics
 from deepserve.service.registry import Registry
 from deepserve.service.settings import Settings
-from tests.service.fakes import EmbedHandler, FakeEngine, SumHandler, make_generation_handler
+from tests.service.fakes import EmbedHandler, FakeEngine, SumHandler, asgi_client, make_generation_handler
 
 
 @dataclass
@@ -49,12 +47,8 @@ async def _serve(tmp_path: Path, **overrides: object) -> AsyncIterator[Served]:
     await registry.add_handler(EmbedHandler())
     await registry.add_handler(make_generation_handler(), engine=FakeEngine())
     plane = DataPlane(settings, registry)
-    app = create_app(plane)
-    async with plane, LifespanManager(app) as manager:
-        await plane.loaded()
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Served(client, app, summer, plane)
+    async with asgi_client(plane) as (client, app):
+        yield Served(client, app, summer, plane)
 
 
 @pytest_asyncio.fixture(loop_scope="function")

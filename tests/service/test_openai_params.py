@@ -15,7 +15,6 @@ import openai
 import pytest
 import pytest_asyncio
 import torch
-from asgi_lifespan import LifespanManager
 from prometheus_client import CollectorRegistry
 
 from deepserve.handlers.generation import TextGenerationHandler
@@ -23,7 +22,6 @@ from deepserve.handlers.runtime import Runtime
 from deepserve.handlers.torch_runtime import TorchRuntime
 from deepserve.models import build_model
 from deepserve.models.gpt import GPTWithCache
-from deepserve.service.app import create_app
 from deepserve.service.chat_template import load_chat_template
 from deepserve.service.dataplane import DataPlane
 from deepserve.service.errors import InvalidRequestError
@@ -31,6 +29,7 @@ from deepserve.service.metrics import Metrics
 from deepserve.service.registry import Registry
 from deepserve.service.sampling import SamplingParams, log_softmax, next_tokens
 from deepserve.service.settings import Settings
+from tests.service.fakes import asgi_client
 from tests.service.test_engine import CTX, HEAD_DIM, HEADS, LAYERS, gpt_spec
 
 MODEL = "tiny-gpt"
@@ -88,12 +87,8 @@ async def serve(
     registry = Registry(settings, Metrics(CollectorRegistry()))
     await registry.add_handler(TextGenerationHandler.with_runtime(gpt_spec(), runtime, version_dir))
     plane = DataPlane(settings, registry)
-    app = create_app(plane)
-    async with plane, LifespanManager(app) as manager:
-        await plane.loaded()
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
+    async with asgi_client(plane) as (client, _):
+        yield client
 
 
 @pytest_asyncio.fixture(loop_scope="function")

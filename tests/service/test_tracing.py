@@ -22,7 +22,6 @@ import httpx
 import numpy as np
 import pytest
 import pytest_asyncio
-from asgi_lifespan import LifespanManager
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -35,12 +34,11 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from deepserve.handlers.base import Tensors
 from deepserve.handlers.generation import TextGenerationHandler
 from deepserve.service import tracing
-from deepserve.service.app import create_app
 from deepserve.service.dataplane import DataPlane
 from deepserve.service.metrics import Metrics
 from deepserve.service.registry import Registry
 from deepserve.service.settings import Settings
-from tests.service.fakes import SumHandler, make_spec
+from tests.service.fakes import SumHandler, asgi_client, make_spec
 from tests.service.grpc_env import HeldSum, free_port, serving
 from tests.service.test_engine import ScriptRuntime, gpt_spec
 
@@ -85,12 +83,8 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     await registry.add_handler(BuggySum(make_spec("buggy")))
     await registry.add_handler(TextGenerationHandler.with_runtime(gpt_spec(), ScriptRuntime(b"hello world")))
     plane = DataPlane(settings, registry)
-    app = create_app(plane)
-    async with plane, LifespanManager(app) as manager:
-        await plane.loaded()
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Served(client, summer)
+    async with asgi_client(plane) as (client, _):
+        yield Served(client, summer)
 
 
 def _by_trace(finished: tuple[ReadableSpan, ...]) -> dict[int, list[ReadableSpan]]:

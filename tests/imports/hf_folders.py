@@ -25,7 +25,8 @@ LABELS = ["negative", "neutral", "positive"]
 BOS_EOS = "<|endoftext|>"
 
 
-def _wordpiece() -> object:
+def wordpiece(texts: list[str], vocab_size: int) -> object:
+    """A BERT-style WordPiece tokenizer trained on ``texts`` ([CLS] ... [SEP], lower-cased)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -33,7 +34,7 @@ def _wordpiece() -> object:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=200, special_tokens=special))
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -48,7 +49,7 @@ def bert_classifier(folder: Path, *, seed: int = 0) -> Path:
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=_wordpiece(), unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        tokenizer_object=wordpiece(CORPUS, 200), unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
         sep_token="[SEP]", mask_token="[MASK]", model_max_length=64,
     )  # fmt: skip
     config = BertConfig(

@@ -12,26 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.imports.hf_folders import wordpiece
+
 HIDDEN, LAYERS = 32, 2
 
 
 def _tokenizer() -> object:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
     from deepserve.training.data import topics_text
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    texts = [t.decode("utf-8") for t in topics_text().values()]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=600, special_tokens=special))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    return tok
+    return wordpiece([t.decode("utf-8") for t in topics_text().values()], 600)
 
 
 def tiny_bert(folder: Path, *, seed: int = 0) -> Path:

@@ -19,11 +19,9 @@ import numpy as np
 from fastapi import FastAPI, Request, Response
 
 from deepserve.bench.inputs import NUMPY_DTYPES
+from deepserve.imports.graph_file import ORT_DATATYPES
 
 _KSERVE = {np.dtype(v): k for k, v in NUMPY_DTYPES.items()}
-_ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
-              "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int8)": "INT8",
-              "tensor(uint8)": "UINT8", "tensor(bool)": "BOOL"}  # fmt: skip
 
 
 def decode_inputs(body: bytes, header_len: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -62,7 +60,7 @@ def signature(sess: Any, name: str, max_batch_size: int) -> tuple[dict[str, Any]
     """(v2 model metadata, Triton model config) of the session's graph: what perf_analyzer reads."""
 
     def tensors(args: Any) -> list[dict[str, Any]]:
-        return [{"name": a.name, "datatype": _ORT_TYPES.get(a.type, "BYTES"),
+        return [{"name": a.name, "datatype": ORT_DATATYPES.get(a.type, "BYTES"),
                  "shape": [d if isinstance(d, int) else -1 for d in a.shape]} for a in args]  # fmt: skip
 
     inputs, outputs = tensors(sess.get_inputs()), tensors(sess.get_outputs())

@@ -32,6 +32,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import numpy as np
 
+# copies of deepserve's own maps on purpose: this script runs in PyTriton's venv, without deepserve
 NUMPY_OF_KSERVE = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64,
                    "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}  # fmt: skip
 _ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",

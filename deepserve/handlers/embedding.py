@@ -17,15 +17,14 @@ from typing import Any
 import numpy as np
 
 from deepserve.handlers.base import InvalidInputError, ModelLoadError, Tensors
-from deepserve.handlers.cluster import CLUSTER_OUTPUT_NAMES, CLUSTER_OUTPUTS, Centroids
+from deepserve.handlers.cluster import CLUSTER_OUTPUT_NAMES, CLUSTER_OUTPUTS, Centroids, unit_rows
 from deepserve.handlers.graph import GraphHandler
 from deepserve.handlers.params import bool_param
 from deepserve.store import TensorSpec
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    out: np.ndarray = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)  # (n, D)
+    out: np.ndarray = unit_rows(vectors).astype(np.float32)  # (n, D)
     return out
 
 

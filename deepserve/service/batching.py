@@ -171,6 +171,15 @@ class DynamicBatcher:
                 retry_after=self._retry_after(),
             )
 
+    def arrive(self) -> None:
+        """``admit``, then count the request as in flight until ``leave`` (the data plane's Call
+        does both, around the whole request: decoding, queue, compute, encoding)."""
+        self.admit()
+        self.callers += 1
+
+    def leave(self) -> None:
+        self.callers -= 1
+
     async def submit(self, item: Tensors, *, timeout: float | None = None) -> Tensors:
         """Queue one item and wait for its outputs; raises a typed error on any refusal."""
         self.admit()  # again: the queue may have filled while this request was decoded

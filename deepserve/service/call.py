@@ -113,9 +113,8 @@ class Call:
         try:
             self.entry: ModelEntry = self._registry.get(self.model, self._version)
             if self.entry.batcher is not None:
-                self.entry.batcher.admit()
+                self.entry.batcher.arrive()
                 self._admitted = self.entry.batcher
-                self._admitted.callers += 1
         except BaseException as exc:
             self.__exit__(type(exc), exc, exc.__traceback__)
             raise
@@ -149,7 +148,7 @@ class Call:
         elapsed = time.perf_counter_ns() - self._start
         self._inflight.dec()
         if self._admitted is not None:
-            self._admitted.callers -= 1
+            self._admitted.leave()
         counter, histogram = self._registry.metrics.request_children(self._label, self.protocol, self.code)
         counter.inc()
         histogram.observe(elapsed / 1e9)

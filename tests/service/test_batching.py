@@ -85,7 +85,8 @@ async def test_no_waiting_once_every_admitted_request_is_queued(sum_handler: Sum
     nobody else can join, so the batch runs at once instead of after the delay."""
     batcher = await _started(sum_handler, max_delay=0.5, max_batch_size=8)
     batcher._last_batch_items = 2  # concurrent traffic seen: the owner would wait for more rows
-    batcher.callers = 2
+    for _ in range(2):  # two requests in flight, as the data plane's Call counts them
+        batcher.arrive()
     t0 = time.monotonic()
     await asyncio.gather(batcher.submit(rows(1)), batcher.submit(rows(2)))
     assert sum_handler.batches == [2]
@@ -233,11 +234,11 @@ async def test_inline_mode_goes_back_to_the_thread_as_soon_as_requests_batch(sum
     batcher = DynamicBatcher(recording, model="sum", max_batch_size=8, inline_below=1.0)
 
     async def call(i: int) -> None:
-        batcher.callers += 1
+        batcher.arrive()
         try:
             await batcher.submit(rows(i))
         finally:
-            batcher.callers -= 1
+            batcher.leave()
 
     await batcher.start()
     for i in range(25):

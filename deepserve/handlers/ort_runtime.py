@@ -11,6 +11,9 @@ cache in a folder keyed by the model file's hash and the GPU, and an optimisatio
 the model's dynamic axes. ``provider`` is what the session really registered first: ORT drops a
 provider it cannot create (TensorRT libraries missing) and logs it, so a silent fallback to CUDA
 or CPU shows there, in the load log line and in ``deepserve_model_provider_info``.
+
+On CUDA or TensorRT, ``run`` goes through an IOBinding (deepserve.handlers.io_binding): one copy
+to the device per input, one back per output. On the CPU it stays a plain ``session.run``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from deepserve.handlers.base import ModelLoadError
+from deepserve.handlers.io_binding import DeviceBinding, binding_device
 from deepserve.handlers.runtime import Runtime, is_cuda
 from deepserve.handlers.trt_plan import TensorrtPlan, plan_tensorrt
 from deepserve.store import ModelSpec, Variant
@@ -114,9 +118,12 @@ class OrtRuntime(Runtime):
         spec: ModelSpec | None = None,
         max_batch_size: int | None = None,
         trt_cache_root: Path | None = None,
+        bind_on: str | None = None,
     ) -> None:
         """``spec`` (model.json), ``max_batch_size`` (the batcher's largest batch, default the
-        model's) and ``trt_cache_root`` (default ~/.cache/deepserve/trt) shape the TensorRT plan."""
+        model's) and ``trt_cache_root`` (default ~/.cache/deepserve/trt) shape the TensorRT plan.
+        ``bind_on``: force an IOBinding on this ORT device type ('cpu' in tests); default: bind on
+        the device of the provider the session really runs on, none on the CPU provider."""
         import onnxruntime as ort
 
         self.path, self.variant, self.threads = path, variant, threads
@@ -139,7 +146,13 @@ class OrtRuntime(Runtime):
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._input_dtypes = {i.name: _ORT_DTYPES.get(i.type) for i in self.session.get_inputs()}
+        self.binding = self._binding(bind_on or binding_device(self.provider), device_index(device))
         self._log_provider(plan)
+
+    def _binding(self, device_type: str | None, device_id: int) -> DeviceBinding | None:
+        if device_type is None:
+            return None
+        return DeviceBinding(self.session, self.output_names, device_type=device_type, device_id=device_id)
 
     def _log_provider(self, plan: TensorrtPlan | None) -> None:
         first_asked = _provider_name(self.providers_asked[0])
@@ -156,7 +169,10 @@ class OrtRuntime(Runtime):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cast = {name: self._cast(name, array) for name, array in feeds.items()}
-        results = self.session.run(self.output_names, cast)
+        if self.binding is not None:  # CUDA/TensorRT: one copy each way (module docstring)
+            results = self.binding.run(cast)
+        else:
+            results = self.session.run(self.output_names, cast)
         return {name: _to_served(out) for name, out in zip(self.output_names, results, strict=True)}
 
     def _cast(self, name: str, array: np.ndarray) -> np.ndarray:
@@ -168,6 +184,7 @@ class OrtRuntime(Runtime):
         return (
             f"onnxruntime {self.path.name} ({self.variant.precision}) on {self.provider}, "
             f"intra_op_threads={self.threads}"
+            + (f", io_binding={self.binding.device_type}" if self.binding is not None else "")
         )
 
 

@@ -24,6 +24,7 @@ from deepserve.handlers.base import Handler
 from deepserve.handlers.runtime import runtime_provider
 from deepserve.remote_store import RemoteStore, RemoteStoreError
 from deepserve.service.batching import DynamicBatcher
+from deepserve.service.devices import DevicePlacer, parse_devices
 from deepserve.service.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
 from deepserve.service.metrics import Metrics
 from deepserve.service.settings import Settings
@@ -75,6 +76,8 @@ class Registry:
         self.loading_done = False
         uri = settings.model_store_uri
         self.remote = RemoteStore(uri, settings.model_store) if uri is not None else None
+        # deepserve.service.devices: which GPU each model lands on (resolved at the first load)
+        self.placer: DevicePlacer | None = None
 
     # -- lookup ----------------------------------------------------------------------------------
     def get(self, name: str, version: str | int | None = None) -> ModelEntry:
@@ -192,7 +195,10 @@ class Registry:
         try:
             if self.remote is not None and version_dir.parent.parent == self.remote.local:
                 version_dir = await asyncio.to_thread(self.remote.fetch, name, version)
-            handler = await asyncio.to_thread(self._build_handler, name, version_dir)
+            # placed here on the event loop, not in the worker thread: parallel loads deal the GPUs
+            # out in the store's order, with no race on the round-robin turn
+            device = self._device_for(name, self.settings.override(name).device)
+            handler = await asyncio.to_thread(self._build_handler, name, version_dir, device)
             entry.load_seconds = time.perf_counter() - t0
             await self._activate(entry, handler)
         except Exception as exc:  # a broken model is reported, the others serve
@@ -206,13 +212,13 @@ class Registry:
         self.metrics.model_load_seconds.labels(name, str(version)).set(entry.load_seconds)
         log.info("model %s version %s ready in %.2f s", name, version, entry.load_seconds)
 
-    def _build_handler(self, name: str, version_dir: Path) -> Handler:
+    def _build_handler(self, name: str, version_dir: Path, device: str) -> Handler:
         from deepserve.handlers import load_handler
 
         override = self.settings.override(name)
         handler: Handler = load_handler(
             version_dir,
-            device=self.settings.resolved_device(),
+            device=device,
             precision=override.precision,
             runtime=override.runtime,
             threads=self.settings.threads,
@@ -220,6 +226,12 @@ class Registry:
             trt_cache_dir=self.settings.trt_cache_dir,
         )
         return handler
+
+    def _device_for(self, name: str, pinned: str | None) -> str:
+        if self.placer is None:
+            devices = parse_devices(self.settings.devices)
+            self.placer = DevicePlacer(devices, self.settings.resolved_device())
+        return self.placer.place(name, pinned)
 
     async def _activate(self, entry: ModelEntry, handler: Handler, engine: Any = None) -> None:
         s, override = self.settings, self.settings.override(entry.name)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deepserve.remote_store import cache_dir, default_cache_root, store_uri
+from deepserve.service.devices import parse_device, parse_devices
 
 
 class ModelOverride(BaseModel):
@@ -25,6 +26,12 @@ class ModelOverride(BaseModel):
     max_batch_size: int | None = Field(default=None, ge=1)
     max_queue_delay_ms: float | None = Field(default=None, ge=0)
     max_queue_size: int | None = Field(default=None, ge=1)
+    device: str | None = Field(default=None, description="the GPU this model runs on: cuda:N or N")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str | None) -> str | None:
+        return None if device is None else parse_device(device)
 
 
 class Settings(BaseSettings):
@@ -106,6 +113,7 @@ class Settings(BaseSettings):
 
     # runtimes
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    devices: str = Field(default="", description="GPUs to deal models over, e.g. cuda:0,cuda:1 or 0,1")
     threads: int | None = Field(default=None, ge=1, description="intra-op threads per model runtime")
     trt_cache_dir: Path | None = Field(
         default=None,
@@ -165,6 +173,11 @@ class Settings(BaseSettings):
         if self.model_store_uri is not None:
             self.model_store = cache_dir(self.model_store_uri, self.store_cache)
         return self
+
+    @field_validator("devices")
+    @classmethod
+    def _device_list(cls, devices: str) -> str:
+        return ",".join(parse_devices(devices))
 
     @field_validator("preferred_batch_sizes")
     @classmethod

@@ -1,0 +1,107 @@
+"""IOBinding on CPU: ORT accepts a 'cpu' binding, so the binding path is proven equal to session.run here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from deepserve.handlers.io_binding import DeviceBinding, binding_device, plan_inputs
+from deepserve.handlers.ort_runtime import OrtRuntime
+from deepserve.store import Variant
+
+
+def write_mlp(path: Path, *, hidden: int = 16, dtype: type[np.generic] = np.float32) -> Path:
+    """x[N,8] -> relu(x@w1) -> @w2 -> y[N,4]; plus a second output so output order is checked."""
+    rng = np.random.default_rng(0)
+    elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
+    w1 = numpy_helper.from_array(rng.standard_normal((8, hidden)).astype(dtype), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((hidden, 4)).astype(dtype), "w2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["hidden"]),
+        helper.make_node("MatMul", ["hidden", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info("x", elem, ["N", 8])],
+        [helper.make_tensor_value_info("y", elem, ["N", 4]),
+         helper.make_tensor_value_info("hidden", elem, ["N", hidden])],
+        initializer=[w1, w2],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def fp_variant(precision: str) -> Variant:
+    return Variant(format="onnx", precision=precision, file="mlp.onnx", usable=True)  # type: ignore[arg-type]
+
+
+def test_only_gpu_providers_bind() -> None:
+    assert binding_device("CUDAExecutionProvider") == "cuda"
+    assert binding_device("TensorrtExecutionProvider") == "cuda"
+    assert binding_device("CPUExecutionProvider") is None
+
+
+def test_plan_names_dtypes_shapes_and_device() -> None:
+    feeds = {"ids": np.zeros((2, 5), np.int64), "x": np.ones((3, 8), np.float16)}
+    plan = plan_inputs(feeds, "cuda", 1)
+    assert [(b.name, b.dtype, b.shape, b.device_type, b.device_id) for b in plan] == [
+        ("ids", np.dtype(np.int64), (2, 5), "cuda", 1),
+        ("x", np.dtype(np.float16), (3, 8), "cuda", 1),
+    ]
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_cpu_binding_round_trips_equal_to_session_run(tmp_path: Path, batch: int) -> None:
+    path = write_mlp(tmp_path / "mlp.onnx")
+    plain = OrtRuntime(path, fp_variant("fp32"), device="cpu", threads=1, spinning=False)
+    bound = OrtRuntime(path, fp_variant("fp32"), device="cpu", threads=1, spinning=False, bind_on="cpu")
+    assert plain.binding is None and bound.binding is not None and "io_binding=cpu" in bound.describe()
+    x = np.random.default_rng(batch).standard_normal((batch, 8)).astype(np.float32)
+    want, got = plain.run({"x": x}), bound.run({"x": x})
+    assert list(got) == ["y", "hidden"] == list(want)
+    for name in want:
+        assert got[name].shape == want[name].shape and got[name].dtype == want[name].dtype
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_fp16_graph_binds_cast_inputs_and_serves_fp32(tmp_path: Path) -> None:
+    path = write_mlp(tmp_path / "mlp.onnx", dtype=np.float16)
+    bound = OrtRuntime(path, fp_variant("fp16"), device="cpu", threads=1, spinning=False, bind_on="cpu")
+    plain = OrtRuntime(path, fp_variant("fp16"), device="cpu", threads=1, spinning=False)
+    x = np.linspace(-1, 1, 16, dtype=np.float64).reshape(2, 8)  # float64 in: the runtime casts to fp16
+    got, want = bound.run({"x": x}), plain.run({"x": x})
+    assert got["y"].dtype == np.float32
+    np.testing.assert_array_equal(got["y"], want["y"])
+
+
+def test_binding_does_not_keep_the_previous_shape(tmp_path: Path) -> None:
+    path = write_mlp(tmp_path / "mlp.onnx")
+    rt = OrtRuntime(path, fp_variant("fp32"), device="cpu", threads=1, spinning=False)
+    binding = DeviceBinding(rt.session, rt.output_names, device_type="cpu", device_id=0)
+    for batch in (4, 1, 9):
+        y, hidden = binding.run({"x": np.ones((batch, 8), np.float32)})
+        assert y.shape == (batch, 4) and hidden.shape == (batch, 16)
+
+
+@pytest.mark.gpu
+def test_cuda_binding_round_trips_equal_to_the_cpu(tmp_path: Path) -> None:
+    """On a GPU (bench/gpu_check.sh runs `-m gpu`): a CUDA session binds on the device by itself."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu with the CUDA provider")
+    path = write_mlp(tmp_path / "mlp.onnx")
+    cpu = OrtRuntime(path, fp_variant("fp32"), device="cpu", threads=1, spinning=False)
+    gpu = OrtRuntime(path, fp_variant("fp32"), device="cuda:0", threads=1, spinning=False)
+    assert gpu.binding is not None and gpu.binding.device_type == "cuda" and gpu.binding.device_id == 0
+    x = np.random.default_rng(5).standard_normal((6, 8)).astype(np.float32)
+    want, got = cpu.run({"x": x}), gpu.run({"x": x})
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4)

@@ -1,0 +1,62 @@
+"""GPU placement on CPU: which model gets which device, and bad device settings fail at start."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from deepserve.service.devices import DevicePlacer, parse_device, parse_devices
+from deepserve.service.settings import Settings
+
+
+def test_indices_and_cuda_names_mean_the_same_gpu() -> None:
+    assert parse_devices("0, cuda:1,2") == ["cuda:0", "cuda:1", "cuda:2"]
+    assert parse_devices("") == [] and parse_device(" 3 ") == "cuda:3"
+
+
+@pytest.mark.parametrize("bad", ["gpu0", "cuda:", "cuda:-1", "cpu", "0,,1"])
+def test_a_bad_device_is_one_line_naming_it(bad: str) -> None:
+    with pytest.raises(ValueError, match="bad device") as err:
+        parse_devices(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_a_gpu_named_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="names a GPU twice"):
+        parse_devices("0,cuda:0")
+
+
+def test_unpinned_models_go_round_robin_and_pinned_ones_take_no_turn() -> None:
+    placer = DevicePlacer(["cuda:0", "cuda:1"], fallback="cpu")
+    placed = [placer.place("a"), placer.place("big", pinned="cuda:1"), placer.place("b"), placer.place("c")]
+    assert placed == ["cuda:0", "cuda:1", "cuda:1", "cuda:0"]
+    assert placer.place("a") == "cuda:0" and placer.place("b") == "cuda:1"  # a reload keeps its GPU
+
+
+def test_without_a_list_every_model_runs_on_the_server_device() -> None:
+    placer = DevicePlacer([], fallback="cuda")
+    assert [placer.place("a"), placer.place("b")] == ["cuda", "cuda"]
+    assert placer.place("c", pinned="cuda:2") == "cuda:2"
+
+
+def test_settings_normalise_and_validate_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEEPSERVE_DEVICES", "0,1")
+    monkeypatch.setenv("DEEPSERVE_MODELS", '{"minilm": {"device": "1"}}')
+    settings = Settings()
+    assert settings.devices == "cuda:0,cuda:1" and settings.override("minilm").device == "cuda:1"
+    monkeypatch.setenv("DEEPSERVE_DEVICES", "cuda:x")
+    with pytest.raises(ValidationError, match="bad device 'cuda:x'"):
+        Settings()
+
+
+def test_registry_places_each_model_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from deepserve.service.metrics import Metrics
+    from deepserve.service.registry import Registry
+
+    monkeypatch.setenv("DEEPSERVE_DEVICES", "cuda:0,cuda:1")
+    monkeypatch.setenv("DEEPSERVE_MODELS", '{"pinned": {"device": "cuda:1"}}')
+    registry = Registry(Settings(), Metrics(CollectorRegistry()))
+    got = {n: registry._device_for(n, registry.settings.override(n).device) for n in ("a", "pinned", "b")}
+    assert got == {"a": "cuda:0", "pinned": "cuda:1", "b": "cuda:1"}

@@ -24,6 +24,7 @@ from deepserve.export.plan import GraphPlan
 from deepserve.export.planners import plan_image, plan_tabular, plan_text
 from deepserve.export.variants import VariantResult, write_parity
 from deepserve.export.writers import Step, steps
+from deepserve.handlers.kv_contract import IN_PLACE
 from deepserve.store import GenerationDefaults, ModelSpec, Variant, is_plain_model_name
 from deepserve.training.checkpoint import Checkpoint, load_checkpoint
 from deepserve.version_dir import resolve_version, staged_version
@@ -82,7 +83,7 @@ def _greedy(plan: GraphPlan, tmp: Path, result: VariantResult) -> None:
     g = plan.generation
     cache = (int(g["n_layer"]), int(g["n_head"]), int(g["head_dim"]))
     step = ort_runner(ort_session(tmp / result.file, fp16=result.precision == "fp16"))
-    result.extra |= greedy_check(step, plan.module.gpt, prompts, new_tokens, cache)  # type: ignore[arg-type]
+    result.extra |= greedy_check(step, plan.module.gpt, prompts, new_tokens, cache, contract=IN_PLACE)  # type: ignore[arg-type]
     result.raise_if_fp32_fails()
 
 

@@ -15,6 +15,7 @@ from deepserve.export.onnx_graph import write_onnx
 from deepserve.export.plan import GraphPlan, batch_dim, spec, split_batches
 from deepserve.export.planners import _Decoder, _Encoder, _image_in
 from deepserve.export.serving import ImageModel, ImageOutput
+from deepserve.handlers.kv_contract import past_names
 from deepserve.models.gpt import GPTWithCache
 from deepserve.store import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
 from deepserve.training.checkpoint import Checkpoint
@@ -107,7 +108,7 @@ def plan_generator(ckpt: Checkpoint, model: nn.Module, prep: dict[str, Any]) -> 
     )
 
 
-def _gpt_dims(ctx: int) -> dict[str, dict[int, Any]]:
+def _gpt_dims(ctx: int, n_layer: int) -> dict[str, Any]:
     dim = torch.export.Dim
     b, t, p = batch_dim(), dim("sequence", min=1, max=ctx), dim("past", min=0, max=ctx)
     s = dim("total", min=1, max=2 * ctx)  # = past + sequence; torch.export infers the relation
@@ -115,8 +116,7 @@ def _gpt_dims(ctx: int) -> dict[str, dict[int, Any]]:
         "input_ids": {0: b, 1: t},
         "position_ids": {0: b, 1: t},
         "attention_mask": {0: b, 1: s},
-        "past_key": {1: b, 3: p},
-        "past_value": {1: b, 3: p},
+        **{name: {0: b, 2: p} for name in past_names(n_layer)},
     }
 
 
@@ -125,29 +125,28 @@ def _gpt_batches(
 ) -> list[dict[str, np.ndarray]]:
     """A prefill (B=1, P=0) and a one-token decode step (B=3, P>0, left-padded rows) on held-out text."""
     L, H, Dh = cache
+    names = past_names(L)
     T = min(24, windows.shape[1] - 1)
-    empty = np.zeros((L, 1, H, 0, Dh), np.float32)
+    empty = np.zeros((1, H, 0, Dh), np.float32)
     prefill = {
         "input_ids": windows[:1, :T],
         "position_ids": np.arange(T)[None].astype(np.int64),
         "attention_mask": np.ones((1, T), np.int64),
-        "past_key": empty,
-        "past_value": empty,
+        **dict.fromkeys(names, empty),
     }
     ids, mask = windows[1:4, :T].copy(), np.ones((3, T), np.int64)
     for i in range(3):  # rows 1 and 2 are shorter prompts, left-padded
         ids[i, : 5 * i], mask[i, : 5 * i] = 0, 0
     positions = np.clip(mask.cumsum(1) - 1, 0, None)
-    past = np.zeros((L, 3, H, 0, Dh), np.float32)
     with torch.no_grad():
-        _, key, value = module(*(torch.from_numpy(a) for a in (ids, positions, mask, past, past)))
+        past = [torch.zeros(3, H, 0, Dh)] * (2 * L)
+        _, key, value = module(*(torch.from_numpy(a) for a in (ids, positions, mask)), *past)
     step_mask = np.concatenate([mask, np.ones((3, 1), np.int64)], axis=1)
     decode = {
         "input_ids": windows[1:4, T : T + 1],
         "position_ids": step_mask.sum(1, keepdims=True) - 1,
         "attention_mask": step_mask,
-        "past_key": key.numpy(),
-        "past_value": value.numpy(),
+        **dict(zip(names, [*key.numpy(), *value.numpy()], strict=True)),
     }
     return [prefill, decode]
 
@@ -159,12 +158,13 @@ def gpt_prompts(windows: np.ndarray, ctx: int) -> tuple[list[list[int]], int]:
     return prompts, min(24, ctx - n)
 
 
-def _gpt_io(L: int, H: int, Dh: int, V: int) -> tuple[list[Any], list[Any]]:
+def gpt_io(L: int, H: int, Dh: int, V: int) -> tuple[list[Any], list[Any]]:
+    """The in-place cache contract (handlers/kv_contract.py): per-layer pasts in, new columns out."""
     text_in = [spec(n, "INT64", [-1, -1]) for n in ("input_ids", "position_ids", "attention_mask")]
-    cache = [spec(n, "FP32", [L, -1, H, -1, Dh]) for n in ("past_key", "past_value")]
+    cache = [spec(n, "FP32", [-1, H, -1, Dh]) for n in past_names(L)]
     outs = [
         spec("logits", "FP32", [-1, -1, V]),
-        *(spec(n, "FP32", [L, -1, H, -1, Dh]) for n in ("present_key", "present_value")),
+        *(spec(n, "FP32", [L, -1, H, -1, Dh]) for n in ("new_key", "new_value")),
     ]
     return [*text_in, *cache], outs
 
@@ -180,8 +180,7 @@ def _gpt_example(L: int, H: int, Dh: int, V: int) -> tuple[torch.Tensor, ...]:
         torch.randint(1, V, (2, 3)),
         torch.arange(3).repeat(2, 1),
         torch.ones(2, 5, dtype=torch.int64),
-        torch.randn(L, 2, H, 2, Dh),
-        torch.randn(L, 2, H, 2, Dh),
+        *(torch.randn(2, H, 2, Dh) for _ in range(2 * L)),
     )
 
 
@@ -190,14 +189,15 @@ def write_gpt_onnx(model: nn.Module, path: Path) -> tuple[list[TensorSpec], list
     dims `deepserve export` uses, and return its (inputs, outputs) for a model.json. For tests and
     benchmarks that need a GPT version directory without a trained checkpoint."""
     ctx, L, H, Dh, V = _gpt_geometry(model)
-    inputs, outputs = _gpt_io(L, H, Dh, V)
+    inputs, outputs = gpt_io(L, H, Dh, V)
+    dims = _gpt_dims(ctx, L)
     write_onnx(
         GPTWithCache(model).eval(),
         _gpt_example(L, H, Dh, V),
         path,
         input_names=[t.name for t in inputs],
         output_names=[t.name for t in outputs],
-        dynamic_shapes=_gpt_dims(ctx),
+        dynamic_shapes={"inputs": tuple(dims[t.name] for t in inputs)},  # GPTWithCache's *inputs
     )
     return inputs, outputs
 
@@ -228,7 +228,7 @@ def plan_gpt(ckpt: Checkpoint, model: nn.Module, prep: dict[str, Any]) -> GraphP
     ctx, L, H, Dh, V = _gpt_geometry(model)
     example = _gpt_example(L, H, Dh, V)
     rows, where = held_out(ckpt.meta, rows=8)
-    inputs, outs = _gpt_io(L, H, Dh, V)
+    inputs, outs = gpt_io(L, H, Dh, V)
     generation = {
         **ckpt.meta.get("generation", {}),
         "context_length": ctx,
@@ -243,7 +243,7 @@ def plan_gpt(ckpt: Checkpoint, model: nn.Module, prep: dict[str, Any]) -> GraphP
         inputs,
         outs,
         example,
-        _gpt_dims(ctx),
+        _gpt_dims(ctx, L),
         _gpt_batches(module, rows["input_ids"], (L, H, Dh)),
         where,
         max_batch_size=16,

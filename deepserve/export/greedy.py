@@ -1,8 +1,8 @@
 """Greedy generation through an explicit-KV-cache step graph, checked against eager full recompute.
 
-The step graph (model_store/README.md, graph conventions) takes ``input_ids, position_ids,
-attention_mask, past_key, past_value`` and returns ``logits, present_key, present_value``. Prompts of
-different lengths share one batch (left-padded, masked), as the server's continuous batching does.
+The step graph follows one of the two cache contracts of ``handlers/kv_contract.py`` (in-place for
+the zoo GPT, concat for imported Hugging Face LMs); the cache is kept whole on the host here. Prompts
+of different lengths share one batch (left-padded, masked), as the server's continuous batching does.
 """
 
 from __future__ import annotations
@@ -14,10 +14,16 @@ import torch
 from torch import nn
 
 from deepserve.export.parity import Runner
+from deepserve.handlers.kv_contract import host_step
 
 
 def greedy_steps(
-    step: Runner, prompts: list[list[int]], new_tokens: int, cache_shape: tuple[int, int, int]
+    step: Runner,
+    prompts: list[list[int]],
+    new_tokens: int,
+    cache_shape: tuple[int, int, int],
+    *,
+    contract: str,
 ) -> list[list[int]]:
     """Prefill all prompts (left-padded) then decode ``new_tokens`` tokens one step at a time."""
     n_layer, n_head, head_dim = cache_shape
@@ -27,28 +33,15 @@ def greedy_steps(
     for i, p in enumerate(prompts):
         ids[i, T - len(p) :], mask[i, T - len(p) :] = p, 1
     positions = np.clip(mask.cumsum(1) - 1, 0, None)
-    past = np.zeros((n_layer, B, n_head, 0, head_dim), np.float32)
-    feed = {
-        "input_ids": ids,
-        "position_ids": positions,
-        "attention_mask": mask,
-        "past_key": past,
-        "past_value": past,
-    }
+    key = value = np.zeros((n_layer, B, n_head, 0, head_dim), np.float32)
     out: list[list[int]] = [[] for _ in prompts]
     for _ in range(new_tokens):
-        result = step(feed)
-        nxt = result["logits"][:, -1].argmax(-1).astype(np.int64)  # (B,)
+        logits, key, value = host_step(step, contract, ids, positions, mask, key, value)
+        nxt = logits[:, -1].argmax(-1).astype(np.int64)  # (B,)
         for i, t in enumerate(nxt):
             out[i].append(int(t))
         mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
-        feed = {
-            "input_ids": nxt[:, None],
-            "position_ids": mask.sum(1, keepdims=True) - 1,
-            "attention_mask": mask,
-            "past_key": result["present_key"],
-            "past_value": result["present_value"],
-        }
+        ids, positions = nxt[:, None], mask.sum(1, keepdims=True) - 1
     return out
 
 
@@ -71,8 +64,10 @@ def greedy_check(
     prompts: list[list[int]],
     new_tokens: int,
     cache_shape: tuple[int, int, int],
+    *,
+    contract: str,
 ) -> dict[str, Any]:
-    got = greedy_steps(step, prompts, new_tokens, cache_shape)
+    got = greedy_steps(step, prompts, new_tokens, cache_shape, contract=contract)
     want = greedy_eager(model, prompts, new_tokens)
     mismatch = [
         next((j for j, (a, b) in enumerate(zip(g, w, strict=True)) if a != b), None)

@@ -6,9 +6,11 @@ a runner taking and returning named numpy arrays, with the fp32 graph's signatur
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,6 +33,17 @@ class Step:
     slow: bool = False  # skipped by quick store builds (recorded as not built)
 
 
+def dynamic_shapes(module: torch.nn.Module, plan: GraphPlan) -> Any:
+    """``plan.dynamic`` (dims by input name) in the form torch.export matches against ``module``'s
+    signature: by parameter name, or positionally under the name of a ``*args`` forward (CastIO;
+    the GPT step, whose per-layer cache inputs are one ``*inputs``)."""
+    params = inspect.signature(module.forward).parameters.values()
+    varargs = next((p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+    if varargs is None:
+        return plan.dynamic
+    return {varargs: tuple(plan.dynamic[n] for n in plan.input_names)}
+
+
 def _onnx(plan: GraphPlan, path: Path) -> None:
     write_onnx(
         plan.module,
@@ -38,7 +51,7 @@ def _onnx(plan: GraphPlan, path: Path) -> None:
         path,
         input_names=plan.input_names,
         output_names=plan.output_names,
-        dynamic_shapes=plan.dynamic,
+        dynamic_shapes=dynamic_shapes(plan.module, plan),
     )
 
 
@@ -57,8 +70,7 @@ def _torchscript(dtype: torch.dtype | None) -> Callable[[GraphPlan, Path], None]
 def _pt2(dtype: torch.dtype | None) -> Callable[[GraphPlan, Path], None]:
     def write(plan: GraphPlan, path: Path) -> None:
         module = plan.module if dtype is None else CastIO(plan.module, dtype)
-        dims = tuple(plan.dynamic[n] for n in plan.input_names)  # positional: CastIO takes *args
-        write_pt2(module, plan.example, {"args": dims} if dtype is not None else plan.dynamic, path)
+        write_pt2(module, plan.example, dynamic_shapes(module, plan), path)
 
     return write
 

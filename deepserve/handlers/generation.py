@@ -4,13 +4,13 @@ The tokenizer is the zoo GPTs' UTF-8 bytes or a tokenizers-library tokenizer.jso
 Hugging Face causal LM: GPT-2's byte-level BPE, ...); the model's end-of-text id and context window
 come from model.json ``generation``.
 
-The graph (model_store/README.md, graph conventions) is one call for prefill and decode::
+The graph (model_store/README.md, graph conventions) is one call for prefill and decode, with the
+KV cache passed in and out under one of two contracts (``kv_contract.py``): in-place (the zoo GPT:
+per-layer pasts in, new columns out, the cache kept in ``slot_cache.SlotCache`` and never copied)
+or concat (imported Hugging Face LMs: ``present`` = past + new, ``concat_cache.BatchCache``).
+``open_cache`` gives the cache that fits the loaded graph; both have one interface.
 
-    step(input_ids (B, T), position_ids (B, T), attention_mask (B, P+T),
-         past_key, past_value (L, B, H, P, Dh))
-        -> logits (B, T, V), present_key, present_value (L, B, H, P+T, Dh)
-
-``service/engine.py`` runs the continuous-batching scheduler on top of ``step``; this module keeps
+``service/engine.py`` runs the continuous-batching scheduler on top of that cache; this module keeps
 what belongs to the model: the tokenizer, the context window, the cache geometry, sampling, and a
 plain per-request loop (``generate_ids``) that serves KServe v2 ``text_input -> text_output`` so
 tritonclient works on GPT models too, and that the benchmark uses as the one-at-a-time baseline.
@@ -32,7 +32,10 @@ from deepserve.handlers.base import (
     TensorRequest,
     Tensors,
 )
+from deepserve.handlers.concat_cache import BatchCache
+from deepserve.handlers.kv_contract import IN_PLACE, KVCache, contract_of, host_step
 from deepserve.handlers.runtime import Runtime, open_eager, open_runtime, select_variant
+from deepserve.handlers.slot_cache import SlotCache
 from deepserve.handlers.tokenizer import BytesTokenizer, TextStream, TokenizersTokenizer, tokenizer_path
 from deepserve.store import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing
 
@@ -41,6 +44,8 @@ _PARAMS = ("max_tokens", "temperature", "top_k", "top_p", "seed")
 
 
 class StepOutput(NamedTuple):
+    """The concat contract's step (``TextGenerationHandler.step``)."""
+
     logits: np.ndarray  # (B, T, V) float32
     present_key: np.ndarray  # (L, B, H, P+T, Dh)
     present_value: np.ndarray
@@ -194,7 +199,21 @@ class TextGenerationHandler(Handler):
             )
 
     # -- the model -------------------------------------------------------------------------------
+    @property
+    def contract(self) -> str:
+        """The loaded graph's cache contract (``kv_contract.IN_PLACE`` or ``CONCAT``)."""
+        return contract_of(self._loaded().input_names, self.spec.name)
+
+    def open_cache(self, capacity: int) -> KVCache:
+        """A KV cache for at most ``capacity`` running sequences over the loaded graph."""
+        runtime = self._loaded()
+        if self.contract == IN_PLACE:
+            return SlotCache(runtime, self._geometry, capacity=capacity, context_length=self.context_length,
+                             vocab_size=self.vocab_size, device=self.device)  # fmt: skip
+        return BatchCache(self.step, self._geometry)
+
     def empty_cache(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """A zero-length host cache (L, B, H, 0, Dh) for ``step``."""
         layers, heads, head_dim = self._geometry
         shape = (layers, batch, heads, 0, head_dim)
         return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
@@ -207,14 +226,16 @@ class TextGenerationHandler(Handler):
         past_key: np.ndarray,
         past_value: np.ndarray,
     ) -> StepOutput:
-        """One forward of the cache graph over a batch (shapes in the module docstring)."""
+        """One forward over a batch with the whole cache (L, B, H, P, Dh) on the host, for either
+        contract (the engine uses ``open_cache``; this is the reference and the concat cache's step)."""
+        runtime = self._loaded()
+        return StepOutput(*host_step(runtime.run, self.contract, input_ids, position_ids, attention_mask,
+                                     past_key, past_value))  # fmt: skip
+
+    def _loaded(self) -> Runtime:
         if self.runtime is None:
             raise ModelLoadError(f"{self.spec.name} is not loaded; call load() first")
-        out = self.runtime.run({
-            "input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask,
-            "past_key": past_key, "past_value": past_value,
-        })  # fmt: skip
-        return StepOutput(out["logits"], out["present_key"], out["present_value"])
+        return self.runtime
 
     def generate_ids(self, prompt: list[int], params: dict[str, Any]) -> list[int]:
         """The simple per-request loop: prefill, then one cached decode per token (batch of one)."""
@@ -226,21 +247,19 @@ class TextGenerationHandler(Handler):
         top_p = np.array([float(params.get("top_p", d.top_p))])
         seed = params.get("seed")
         rng = np.random.default_rng(None if seed is None else [int(seed), 0])  # as the engine's choice 0
-        key, value = self.empty_cache(1)
-        ids, n = np.array([prompt], np.int64), len(prompt)
+        cache = self.open_cache(1)
+        pre = cache.begin(len(prompt))
+        logits = cache.prefill(pre, prompt)[None]  # (1, V)
+        cache.join(pre, 1)
         out: list[int] = []
         while True:
-            length = key.shape[3]
-            mask = np.ones((1, length + ids.shape[1]), np.int64)
-            positions = np.arange(length, length + ids.shape[1], dtype=np.int64)[None]
-            logits, key, value = self.step(ids, positions, mask, key, value)
-            token = int(sample(logits[:, -1], temperature, top_k, top_p, np.array([rng.random()]))[0])
+            token = int(sample(logits, temperature, top_k, top_p, np.array([rng.random()]))[0])
             if token == self.eos_id:
                 return out
             out.append(token)
-            if len(out) >= max_tokens or n + len(out) > self.context_length:  # next position off the table
+            if len(out) >= max_tokens or len(prompt) + len(out) > self.context_length:  # no next position
                 return out
-            ids = np.array([[token]], np.int64)
+            logits = cache.decode(np.array([token], np.int64))
 
     # -- the four verbs: KServe v2 / TorchServe whole-generation path ---------------------------
     def preprocess(self, request: Request) -> Tensors:

@@ -29,6 +29,7 @@ from deepserve.export.onnx_graph import ort_session, write_onnx
 from deepserve.export.parity import Arrays, measure, ort_runner, torch_runner
 from deepserve.export.precision import write_fp16_onnx
 from deepserve.export.variants import VariantResult
+from deepserve.handlers.kv_contract import CONCAT
 from deepserve.imports.base import SourceError
 from deepserve.imports.hf_tokenizer import SAMPLE_TEXTS
 
@@ -112,7 +113,8 @@ def export_causal_step(
     result.checks = measure(runner, eager, _step_batches(step, rows, geometry), classifier_outputs={"logits"})
     prompts = [rows[0][: max(2, context // 4)], rows[1][: max(2, context // 6)]]
     new_tokens = min(16, context - len(prompts[0]))
-    result.extra |= greedy_check(runner, _FullForward(step), prompts, new_tokens, geometry)  # type: ignore[arg-type]
+    result.extra |= greedy_check(runner, _FullForward(step), prompts, new_tokens, geometry,  # type: ignore[arg-type]
+                                 contract=CONCAT)
     return [result]
 
 

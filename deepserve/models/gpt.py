@@ -2,12 +2,16 @@
 
 Two entry points share every weight:
 - ``forward(input_ids)`` -> logits (B, T, V): training / full recompute, causal attention.
-- ``forward_cached(input_ids, position_ids, attention_mask, past_key, past_value)`` -> (logits,
-  present_key, present_value): one graph for prefill (P = 0) and decode (T = 1 or more). The new T
-  tokens attend causally among themselves and to all P cached tokens; ``attention_mask`` (B, P+T),
-  1 = real token, hides padding anywhere (left or right), so sequences of different lengths can be
-  decoded in one batch. Cache layout: (n_layer, B, n_head, P, head_dim).
-  ``GPTWithCache`` exposes it as ``forward`` for export. No generation loop lives here.
+- ``forward_cached(input_ids, position_ids, attention_mask, past)`` -> (logits, new_key, new_value):
+  one graph for prefill (P = 0) and decode (T = 1 or more). The new T tokens attend causally among
+  themselves and to the P past columns; ``attention_mask`` (B, P+T), 1 = real token, hides padding
+  and unused cache columns anywhere, so sequences of different lengths share one batch.
+  ``past`` is 2 x n_layer tensors (B, n_head, P, head_dim), all layers' keys then all values, one
+  input per layer so a server can pass views of its own cache buffers without a copy. The step
+  returns only the NEW keys and values (n_layer, B, n_head, T, head_dim): the caller writes them
+  into its cache in place; the graph never copies the cache (the "in-place" contract of
+  model_store/README.md). ``GPTWithCache`` exposes it as ``forward`` for export. No generation
+  loop lives here.
 ``grad_checkpoint`` recomputes each block in backward during training (``forward`` only; the
 cached path is inference), trading compute for activation memory; export is unaffected.
 """
@@ -76,8 +80,8 @@ class CausalSelfAttention(nn.Module):
 
         Why not SDPA on ``cat(past, new)``: exported, SDPA scales and transposes the whole key
         cache and the cat copies it, every layer of every decode step; here only ``q`` (T rows)
-        is scaled, ``q @ pastᵀ`` fuses into one matmul (ORT FusedMatMul), and the one copy of
-        the cache left is the ``present`` output itself.
+        is scaled, ``q @ pastᵀ`` fuses into one matmul (ORT FusedMatMul), and the cache is only
+        read: the step returns the new columns and the server writes them in place.
         """
         P = past[0].shape[2]
         q = q * (1.0 / math.sqrt(q.shape[-1]))
@@ -165,49 +169,41 @@ class GPT(nn.Module):
         input_ids: torch.Tensor,  # (B, T) int64
         position_ids: torch.Tensor,  # (B, T) int64, any valid position (e.g. 0) at padded slots
         attention_mask: torch.Tensor,  # (B, P+T) int64, 1 = attend
-        past_key: torch.Tensor,  # (L, B, H, P, Dh)
-        past_value: torch.Tensor,  # (L, B, H, P, Dh)
+        past: tuple[torch.Tensor, ...] | list[torch.Tensor],  # 2L x (B, H, P, Dh): keys, then values
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         torch._assert(input_ids.dim() == 2 and position_ids.dim() == 2, "ids/positions must be (B, T)")
-        torch._assert(past_key.dim() == 5 and past_value.dim() == 5, "past must be (L, B, H, P, Dh)")
-        T, P = input_ids.shape[1], past_key.shape[3]
+        L = len(self.h)
+        torch._assert(len(past) == 2 * L, "past must be n_layer keys then n_layer values")
+        T, P = input_ids.shape[1], past[0].shape[2]
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
         bias = cache_bias(attention_mask, P, T, x.dtype)  # (B, 1, T, P+T)
         keys, values = [], []
         for i, block in enumerate(self.h):
-            x, k, v = block(x, (past_key[i], past_value[i]), bias)  # k, v: (B, H, T, Dh), new only
+            x, k, v = block(x, (past[i], past[L + i]), bias)  # k, v: (B, H, T, Dh), new only
             keys.append(k)
             values.append(v)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
-        # one copy of the cache per step: past and all layers' new columns, joined once
-        present_key = torch.cat([past_key, torch.stack(keys)], dim=3)  # (L, B, H, P+T, Dh)
-        present_value = torch.cat([past_value, torch.stack(values)], dim=3)
-        return logits, present_key, present_value
+        return logits, torch.stack(keys), torch.stack(values)  # new columns only: (L, B, H, T, Dh)
 
-    def empty_cache(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def empty_cache(self, batch_size: int) -> list[torch.Tensor]:
         """A zero-length past (P = 0) on this model's device and dtype, for the prefill step."""
         c = self.config
-        shape = (c.n_layer, batch_size, c.n_head, 0, c.d_model // c.n_head)
         w = self.wte.weight
-        return w.new_zeros(shape), w.new_zeros(shape)
+        return [w.new_zeros(batch_size, c.n_head, 0, c.d_model // c.n_head) for _ in range(2 * c.n_layer)]
 
 
 class GPTWithCache(nn.Module):
-    """Wraps a GPT so that ``forward`` is ``forward_cached`` (what export traces)."""
+    """Wraps a GPT so that ``forward`` is ``forward_cached`` over flat inputs, in the export's order:
+    ``input_ids, position_ids, attention_mask, past_key_0 .. past_key_{L-1}, past_value_0 ..``
+    (one ``*inputs``: the number of cache inputs depends on the depth)."""
 
     def __init__(self, gpt: GPT) -> None:
         super().__init__()
         self.gpt = gpt
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        position_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        past_key: torch.Tensor,
-        past_value: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.gpt.forward_cached(input_ids, position_ids, attention_mask, past_key, past_value)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        input_ids, position_ids, attention_mask, *past = inputs
+        return self.gpt.forward_cached(input_ids, position_ids, attention_mask, past)
 
 
 @register_model("gpt")

@@ -1,57 +1,59 @@
 """Continuous batching for text generation: one cached decode step for every running sequence.
 
 One worker thread owns the model loop (the event loop only enqueues requests and relays chunks;
-a courier thread wakes the event loops, so the worker never waits on the GIL for them):
+a courier thread (``service/courier.py``) wakes the event loops, so the worker never waits on the GIL
+for them):
 
-    every step:  drop cancelled sequences -> admit waiting ones (prefill each prompt alone, sample its
-                 first token: time to first token = queue wait + one prefill) -> ONE decode over all
-                 running sequences -> sample, stream, and drop the finished ones at once
+    every step:  drop cancelled sequences -> take waiting ones into prefill while rows are free ->
+                 prefill up to a token budget (whole prompts when nothing decodes; ``prefill_chunk``
+                 tokens while sequences decode, so a long prompt cannot stall them) and sample the
+                 first token of each prompt that finished -> ONE decode over all running sequences
+                 -> sample, stream, and drop the finished ones at once
 
-KV cache: one shared, left-padded batch cache ``(L, B, H, W, Dh)``. Row i's tokens fill its last
-``len_i`` columns, so every decode appends one column to all rows and the graph's ``present`` is
-the next step's ``past`` with no copy in Python; ``attention_mask`` hides the padding and
-``position_ids`` are per row. A join pads the narrower side; a leave drops rows and trims the width
-to the longest row left (invariant: W = longest row). Chosen over per-sequence caches packed each
-step because packing copies the whole cache every token; here copies happen only on joins/leaves.
+KV cache: the handler's ``open_cache`` (``handlers/kv_contract.py``): for the zoo GPT, per-slot
+buffers the graph reads in place and never copies (``handlers/slot_cache.py``); for graphs with a
+``present`` output, one left-padded batch cache (``handlers/concat_cache.py``). Rows keep the
+cache's order: ``keep`` says where each surviving row went.
 
 Prompts are prefilled one at a time (no padding), so a sequence's prefix is computed exactly as if
 it ran alone, and each sequence samples from its own seeded generator: a fixed seed gives the same
 text whatever the batch companions. Prefill is compute-bound on CPU: one padded batch of 16 prompts
 took 18% longer than 16 single prefills, and would hold every first token until the whole batch ends.
+A chunk costs about what a decode of the running rows costs when ``prefill_chunk`` is near their
+number, which bounds the inter-token latency of the running streams at about twice its usual value.
 Traced requests get spans (``service.tracing``): ``queue wait`` to their prefill, ``time to first token``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import queue
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from deepserve.handlers.base import InvalidInputError
 from deepserve.handlers.generation import TextGenerationHandler
+from deepserve.handlers.kv_contract import KVCache
 from deepserve.handlers.tokenizer import ByteStream, TextStream
 from deepserve.service import tracing
+from deepserve.service.courier import Courier
 from deepserve.service.errors import (
     InvalidRequestError,
     ModelNotReadyError,
     QueueFullError,
     ShuttingDownError,
 )
-from deepserve.service.kv_cache import BatchCache
 from deepserve.service.metrics import Metrics
 from deepserve.service.sampling import SamplingParams, TokenLogprob, next_tokens
 
 __all__ = ["GenerationChunk", "GenerationEngine", "SamplingParams"]  # SamplingParams: from sampling.py
 log = logging.getLogger(__name__)
-_HANDOFF_S = 0.002  # longest a decode step waits for the loop to take its chunks (_Courier.send)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,15 @@ class _Request:
 
 
 @dataclass(eq=False)
+class _Prefill:
+    """A request whose prompt is going through the model, chunk by chunk."""
+
+    request: _Request
+    handle: Any  # the cache's own record of the prompt (``KVCache.begin``)
+    done: int = 0  # prompt tokens already through the model
+
+
+@dataclass(eq=False)
 class _Sequence:
     request: _Request
     choice: int
@@ -141,17 +152,22 @@ class GenerationEngine:
         max_running: int = 16,
         max_waiting: int = 64,
         max_tokens_per_step: int = 2048,
+        prefill_chunk: int | None = None,
     ) -> None:
+        """``prefill_chunk``: prompt tokens prefilled per step while sequences decode (default
+        ``max_running``); ``max_tokens_per_step`` caps prefill when nothing decodes."""
         self.handler, self.metrics, self.model = handler, metrics, model
         self.max_running, self.max_waiting = max_running, max_waiting
         self.max_tokens_per_step = max_tokens_per_step
+        self.prefill_chunk = prefill_chunk or max_running
         self._cond = threading.Condition()  # guards _waiting, _waiting_count, _stopping
         self._waiting: deque[_Request] = deque()
         self._waiting_count = 0
         self._rows: list[_Sequence] = []  # worker-owned, in cache row order
-        self._cache = BatchCache()
+        self._prefilling: deque[_Prefill] = deque()  # worker-owned, admitted, prompt not through yet
+        self._cache: KVCache | None = None  # opened by the worker (the model is loaded by then)
         self._thread: threading.Thread | None = None
-        self._courier: _Courier | None = None
+        self._courier: Courier | None = None
         self._accepting = False
         self._stopping = False
         self._m = {
@@ -162,7 +178,8 @@ class GenerationEngine:
 
     @property
     def running(self) -> int:
-        return len(self._rows)
+        """Sequences decoding, and those of prompts being prefilled."""
+        return len(self._rows) + sum(p.request.params.n for p in list(self._prefilling))
 
     @property
     def waiting(self) -> int:
@@ -178,7 +195,7 @@ class GenerationEngine:
         if self._thread is not None:
             return
         self._accepting, self._stopping = True, False
-        self._courier = _Courier(f"generation-{self.model}-courier")
+        self._courier = Courier(f"generation-{self.model}-courier")
         self._thread = threading.Thread(target=self._work, name=f"generation-{self.model}", daemon=True)
         self._thread.start()
 
@@ -261,21 +278,29 @@ class GenerationEngine:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not (self._stopping or self._waiting or self._rows):
+                while not (self._stopping or self._waiting or self._rows or self._prefilling):
                     self._cond.wait()
                 if self._stopping:
                     break
             self._step()
         self._fail_everything(ShuttingDownError(f"model {self.model!r} is shutting down; retry elsewhere"))
 
+    def _opened(self) -> KVCache:
+        if self._cache is None:
+            self._cache = self.handler.open_cache(self.max_running)
+        return self._cache
+
     def _step(self) -> None:
+        cache = self._opened()
         if any(s.request.cancelled for s in self._rows):
             self._keep([s for s in self._rows if not s.request.cancelled])
-        self._admit()
+        if any(p.request.cancelled for p in self._prefilling):
+            self._prefilling = deque(p for p in self._prefilling if not p.request.cancelled)
+        self._prefill_some(cache)
         if self._rows:
             out: Outbox = []
             try:
-                self._decode(out)
+                self._decode(cache, out)
             except Exception as exc:  # a runtime failure fails the batch it hit, not the engine
                 log.exception("decode step of %s failed", self.model)
                 out.extend((r, exc) for r in {s.request: None for s in self._rows})
@@ -283,80 +308,93 @@ class GenerationEngine:
             self._deliver(out)
         self._m["running_sequences"].set(len(self._rows))
         self._m["waiting_sequences"].set(self._waiting_count)
-        self._m["kv_cache_bytes"].set(self._cache.nbytes)
+        self._m["kv_cache_bytes"].set(cache.nbytes)
 
-    def _admit(self) -> None:
-        """Prefill waiting requests while there are free rows and the step's token budget allows;
-        each request's first token goes out right after its own prefill."""
-        budget, admitted = self.max_tokens_per_step - len(self._rows), 0
+    def _admit(self, cache: KVCache) -> None:
+        """Move waiting requests into prefill while their rows fit (rows are held from admission)."""
+        held = len(self._rows) + sum(p.request.params.n for p in self._prefilling)
         while True:
             with self._cond:
                 if not self._waiting:
                     return
                 request = self._waiting[0]
-                cost, n = len(request.prompt), request.params.n
-                full = len(self._rows) + n > self.max_running or (admitted and cost > budget)
-                if full and not request.cancelled:
+                if held + request.params.n > self.max_running and not request.cancelled:
                     return
                 self._waiting.popleft()
-                self._waiting_count -= n
+                self._waiting_count -= request.params.n
             if request.cancelled:
                 continue
-            budget, admitted = budget - cost, admitted + 1
+            held += request.params.n
+            if request.trace is not None:
+                tracing.record_since(request.trace, "queue wait", {"deepserve.model": self.model})
+            self._prefilling.append(_Prefill(request, cache.begin(len(request.prompt))))
+
+    def _prefill_some(self, cache: KVCache) -> None:
+        """Prefill admitted prompts in order within this step's token budget; a prompt that is
+        through samples its first token (sent at once) and joins the decode rows. While any row
+        decodes (from before this step or joined during it) the budget is ``prefill_chunk``."""
+        budget = self.max_tokens_per_step
+        while True:
+            if self._rows:
+                budget = min(budget, self.prefill_chunk, max(1, self.max_tokens_per_step - len(self._rows)))
+            if budget <= 0:
+                return
+            if not self._prefilling:
+                self._admit(cache)  # requests that arrived during the last prefill join this step
+                if not self._prefilling:
+                    return
+            item = self._prefilling[0]
+            prompt = item.request.prompt
+            chunk = prompt[item.done : item.done + budget] if self._rows else prompt[item.done :]
             out: Outbox = []
             try:
-                self._prefill(request, out)
+                logits = cache.prefill(item.handle, chunk)
+                item.done += len(chunk)
+                budget -= len(chunk)
+                if item.done == len(prompt):
+                    self._prefilling.popleft()
+                    self._first_tokens(cache, item, logits, out)
             except Exception as exc:  # this prompt's failure is its own
                 log.exception("prefill of a %s request failed", self.model)
-                out.append((request, exc))
+                self._prefilling.popleft()
+                out.append((item.request, exc))
             self._deliver(out)
 
-    def _prefill(self, request: _Request, out: Outbox) -> None:
-        params, prompt = request.params, request.prompt
-        if request.trace is not None:
-            tracing.record_since(request.trace, "queue wait", {"deepserve.model": self.model})
-        key, value = self.handler.empty_cache(1)
-        t = len(prompt)
-        positions = np.arange(t, dtype=np.int64)[None]  # (1, T)
-        logits, key, value = self.handler.step(
-            np.array([prompt], np.int64), positions, np.ones((1, t), np.int64), key, value
-        )
+    def _first_tokens(self, cache: KVCache, item: _Prefill, logits: np.ndarray, out: Outbox) -> None:
+        request = item.request
+        params, t = request.params, len(request.prompt)
         self._m["prompt_tokens"].inc(t)
         seeds = [None if params.seed is None else [params.seed, i] for i in range(params.n)]
         seqs = [
             _Sequence(request, i, np.random.default_rng(seed), self._text_stream(params), length=t)
             for i, seed in enumerate(seeds)
         ]
-        self._sample_and_emit(seqs, np.repeat(logits[:, -1], params.n, axis=0), out)
+        self._sample_and_emit(seqs, np.repeat(logits[None], params.n, axis=0), out)
         if request.trace is not None:  # no span when the prefill fails: there was no first token
             tracing.record_since(request.trace, "time to first token", {"gen_ai.usage.input_tokens": t})
         alive = [s for s in seqs if not s.finished]
         if alive:
-            self._cache.add(key, value, len(alive))
+            cache.join(item.handle, len(alive))
             self._rows.extend(alive)
 
     def _text_stream(self, params: SamplingParams) -> _TextStream:
         """The model's own token -> text decoder (bytes, or its tokenizer's) with the stop strings."""
         return _TextStream(params.stop, self.handler.text_stream())
 
-    def _decode(self, out: Outbox) -> None:
-        rows, cache = self._rows, self._cache
-        assert cache.key is not None and cache.value is not None
-        ids = np.array([[s.next_token] for s in rows], np.int64)  # (B, 1)
-        positions = np.array([[s.length] for s in rows], np.int64)  # (B, 1)
-        mask = cache.decode_mask()  # (B, W+1)
-        logits, key, value = self.handler.step(ids, positions, mask, cache.key, cache.value)
-        cache.advance(key, value, mask)
+    def _decode(self, cache: KVCache, out: Outbox) -> None:
+        rows = self._rows
+        logits = cache.decode(np.array([s.next_token for s in rows], np.int64))
         for s in rows:
             s.length += 1
-        self._sample_and_emit(rows, logits[:, -1], out)
+        self._sample_and_emit(rows, logits, out)
         if any(s.finished for s in rows):
             self._keep([s for s in rows if not s.finished])
 
     def _keep(self, alive: list[_Sequence]) -> None:
         index = {id(s): i for i, s in enumerate(self._rows)}
-        self._cache.keep([index[id(s)] for s in alive])
-        self._rows = alive
+        rows = self._rows
+        order = self._opened().keep([index[id(s)] for s in alive])
+        self._rows = [rows[i] for i in order]
 
     def _sample_and_emit(self, seqs: list[_Sequence], logits: np.ndarray, out: Outbox) -> None:
         """Sample one token per sequence from ``logits`` (B, V) and turn it into chunks and metrics."""
@@ -406,73 +444,9 @@ class GenerationEngine:
     def _fail_everything(self, error: BaseException) -> None:
         with self._cond:
             waiting, self._waiting, self._waiting_count = list(self._waiting), deque(), 0
-        out: Outbox = [(r, error) for r in [*waiting, *{s.request: None for s in self._rows}]]
-        self._keep([])
+        running = [*{s.request: None for s in self._rows}, *(p.request for p in self._prefilling)]
+        out: Outbox = [(r, error) for r in [*waiting, *running]]
+        self._prefilling.clear()
+        if self._cache is not None:
+            self._keep([])
         self._deliver(out)
-
-
-class _Courier:
-    """Wakes the event loops for the worker. Waking one (its self-pipe write) releases the GIL, the loop
-    takes it to run its consumers and the worker waited: 40% of its wall time at 16 streams (cProfile).
-    A ``SimpleQueue.put`` switches no GIL; the courier wakes loops while the worker is inside the model
-    call (no GIL held). One FIFO, one thread: chunks keep their order."""
-
-    def __init__(self, name: str) -> None:
-        self._inbox: queue.SimpleQueue[tuple[Outbox, threading.Event] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def send(self, out: Outbox) -> None:
-        """Queue ``out`` and wait (at most ``_HANDOFF_S``) until its loop has run the consumers it woke.
-        Without the wait a tiny model's worker re-took the free GIL after each model call and starved
-        the courier and the loop until the 5 ms switch interval: a whole 16-token stream left in one
-        burst (ITL p50 0.01 ms). Waiting hands the GIL over once per step (tokens every ~0.2 ms)."""
-        ack = threading.Event()
-        self._inbox.put((out, ack))
-        ack.wait(_HANDOFF_S)
-
-    def close(self) -> None:
-        """Deliver what was sent, then end the thread."""
-        self._inbox.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        done = False
-        while not done:
-            batch = self._inbox.get()
-            done = batch is None
-            out: Outbox = list(batch[0]) if batch else []
-            acks = [batch[1]] if batch else []
-            while not done and not self._inbox.empty():  # what piled up goes in the same wake-up
-                more = self._inbox.get()
-                done = more is None
-                if more is not None:
-                    out.extend(more[0])
-                    acks.append(more[1])
-            _wake(out, acks)
-
-
-def _wake(out: Outbox, acks: list[threading.Event]) -> None:
-    """One wake-up per event loop for all of ``out``; chunks of cancelled requests are dropped.
-    ``acks`` are set once the consumers have run (or at once when no loop is listening)."""
-    by_loop: dict[asyncio.AbstractEventLoop, Outbox] = {}
-    for request, item in out:
-        if not request.cancelled:
-            by_loop.setdefault(request.loop, []).append((request, item))
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is listening any more
-            loop.call_soon_threadsafe(_put_all, items, acks)
-    if not by_loop:
-        _set_all(acks)
-
-
-def _put_all(items: Outbox, acks: list[threading.Event]) -> None:
-    for request, item in items:
-        request.queue.put_nowait(item)
-    # call_soon: runs after the consumer tasks the puts just woke, so their writes are done first
-    asyncio.get_running_loop().call_soon(_set_all, acks)
-
-
-def _set_all(acks: list[threading.Event]) -> None:
-    for ack in acks:
-        ack.set()

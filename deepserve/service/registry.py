@@ -286,6 +286,7 @@ class Registry:
             entry.name,
             max_running=self.settings.max_running_sequences,
             max_waiting=self.settings.max_waiting_sequences,
+            prefill_chunk=self.settings.prefill_chunk_tokens,
         )
         await engine.start()
         return engine

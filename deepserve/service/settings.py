@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     # generation engine
     max_running_sequences: int = Field(default=16, ge=1)
     max_waiting_sequences: int = Field(default=64, ge=1)
+    prefill_chunk_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="prompt tokens prefilled per step while other sequences decode, so a long prompt "
+        "cannot stall their streams (default: max_running_sequences); with none decoding a prompt "
+        "is prefilled at once",
+    )
 
     # runtimes
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -14,6 +14,7 @@ from deepserve.export.greedy import greedy_eager, greedy_steps
 from deepserve.export.onnx_graph import ort_session
 from deepserve.export.parity import ort_runner, torch_runner
 from deepserve.export.pt2 import load_pt2
+from deepserve.handlers.kv_contract import IN_PLACE, host_step, past_names
 from deepserve.store import ModelSpec
 from tests.export.cases import case, write_checkpoint
 
@@ -54,7 +55,7 @@ def test_step_graph_reproduces_eager_greedy_token_for_token(
         )
     model = read_checkpoint(ckpt).build()
     prompts = _prompts()  # different lengths in one batch (left padding + mask)
-    got = greedy_steps(step, prompts, 30, (g.n_layer, g.n_head, g.head_dim))
+    got = greedy_steps(step, prompts, 30, (g.n_layer, g.n_head, g.head_dim), contract=IN_PLACE)
     want = greedy_eager(model, prompts, 30)
     assert got == want
     assert len({tuple(t) for t in want}) > 1 or len(set(want[0])) > 1  # not a degenerate constant run
@@ -66,26 +67,21 @@ def test_decode_logits_match_full_recompute(gpt_version: tuple[Path, Path]) -> N
     assert g is not None and g.n_layer and g.n_head and g.head_dim
     session = ort_runner(ort_session(version_dir / "model.onnx"))
     ids = np.array([list(b"hello world, ")], dtype=np.int64)
+    n = ids.shape[1] - 1
     empty = np.zeros((g.n_layer, 1, g.n_head, 0, g.head_dim), np.float32)
-    pre = session(
-        {
-            "input_ids": ids[:, :-1],
-            "position_ids": np.arange(ids.shape[1] - 1)[None],
-            "attention_mask": np.ones_like(ids[:, :-1]),
-            "past_key": empty,
-            "past_value": empty,
-        }
+    _, key, value = host_step(
+        session, IN_PLACE, ids[:, :-1], np.arange(n)[None], np.ones_like(ids[:, :-1]), empty, empty
     )
     step = session(
         {
             "input_ids": ids[:, -1:],
-            "position_ids": np.array([[ids.shape[1] - 1]]),
+            "position_ids": np.array([[n]]),
             "attention_mask": np.ones_like(ids),
-            "past_key": pre["present_key"],
-            "past_value": pre["present_value"],
+            **dict(zip(past_names(g.n_layer), [*key, *value], strict=True)),
         }
     )
     with torch.no_grad():
         full = read_checkpoint(ckpt).build()(torch.from_numpy(ids))[:, -1].numpy()
     np.testing.assert_allclose(step["logits"][:, -1], full, rtol=1e-4, atol=1e-4)
-    assert step["present_key"].shape[3] == ids.shape[1]
+    assert step["new_key"].shape == (g.n_layer, 1, g.n_head, 1, g.head_dim)  # the new column, not the cache
+    assert "present_key" not in step

@@ -11,27 +11,21 @@ import numpy as np
 import pytest
 import torch
 
-from deepserve.export.generative_plans import write_gpt_onnx
+from deepserve.export.generative_plans import gpt_io, write_gpt_onnx
 from deepserve.handlers.base import InvalidInputError, ModelLoadError, PayloadRequest, TensorRequest
 from deepserve.handlers.generation import TextGenerationHandler, sample
 from deepserve.models import build_model
-from deepserve.store import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
+from deepserve.store import GenerationDefaults, ModelSpec, TextPreprocessing, Variant
 
 CTX, LAYERS, HEADS, HEAD_DIM = 32, 2, 2, 8
 
 
 def gpt_spec(**generation: Any) -> ModelSpec:
-    cache = [LAYERS, -1, HEADS, -1, HEAD_DIM]
+    inputs, outputs = gpt_io(LAYERS, HEADS, HEAD_DIM, 256)  # the in-place cache contract
     geometry = {"context_length": CTX, "n_layer": LAYERS, "n_head": HEADS, "head_dim": HEAD_DIM, **generation}
     return ModelSpec(
         name="tiny-gpt", version=1, task="text-generation", architecture="gpt",
-        inputs=[*(TensorSpec(name=n, datatype="INT64", shape=[-1, -1])
-                  for n in ("input_ids", "position_ids", "attention_mask")),
-                *(TensorSpec(name=n, datatype="FP32", shape=cache) for n in ("past_key", "past_value"))],
-        outputs=[TensorSpec(name="logits", datatype="FP32", shape=[-1, -1, 256]),
-                 *(TensorSpec(name=n, datatype="FP32", shape=cache)
-                   for n in ("present_key", "present_value"))],
-        max_batch_size=16,
+        inputs=inputs, outputs=outputs, max_batch_size=16,
         preprocessing=TextPreprocessing(tokenizer="bytes", max_length=CTX, vocab_size=256),
         generation=GenerationDefaults(**geometry),
         variants=[Variant(file="model.onnx", format="onnx", precision="fp32", usable=True)],

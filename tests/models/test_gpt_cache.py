@@ -25,6 +25,15 @@ def ones(b: int, n: int) -> torch.Tensor:
     return torch.ones(b, n, dtype=torch.long)
 
 
+def cached(
+    gpt: GPT, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, past: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One cached step; the caller's whole cache grows by the new columns the step returns."""
+    logits, new_key, new_value = gpt.forward_cached(ids, positions, mask, past)
+    assert new_key.shape[3] == ids.shape[1]  # (L, B, H, T, Dh): only the new columns come back
+    return logits, [torch.cat([p, n], dim=2) for p, n in zip(past, [*new_key, *new_value], strict=True)]
+
+
 @torch.no_grad()
 def test_cache_token_by_token_equals_full_forward(gpt: GPT) -> None:
     ids = torch.randint(0, 32, (2, 10), generator=torch.Generator().manual_seed(0))
@@ -32,14 +41,14 @@ def test_cache_token_by_token_equals_full_forward(gpt: GPT) -> None:
     past = gpt.empty_cache(2)
     steps = []
     for t in range(ids.shape[1]):
-        logits, *past = gpt.forward_cached(ids[:, t : t + 1], torch.full((2, 1), t), ones(2, t + 1), *past)
+        logits, past = cached(gpt, ids[:, t : t + 1], torch.full((2, 1), t), ones(2, t + 1), past)
         steps.append(logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, **TOL)
-    assert past[0].shape == (2, 2, 2, 10, 8)  # (L, B, H, P, Dh)
+    assert len(past) == 4 and past[0].shape == (2, 2, 10, 8)  # 2 x L of (B, H, P, Dh)
     # prefill of 6 then a chunk of 4 (T > 1 with P > 0): causal inside the chunk
     prefill_pos = torch.arange(6).expand(2, 6)
-    logits, *past = gpt.forward_cached(ids[:, :6], prefill_pos, ones(2, 6), *gpt.empty_cache(2))
-    chunk, *_ = gpt.forward_cached(ids[:, 6:], torch.arange(6, 10).expand(2, 4), ones(2, 10), *past)
+    logits, past = cached(gpt, ids[:, :6], prefill_pos, ones(2, 6), gpt.empty_cache(2))
+    chunk, _ = cached(gpt, ids[:, 6:], torch.arange(6, 10).expand(2, 4), ones(2, 10), past)
     torch.testing.assert_close(torch.cat([logits, chunk], dim=1), full, **TOL)
 
 
@@ -66,7 +75,7 @@ def greedy_batched(gpt: GPT, prompts: list[list[int]], steps: int, side: str) ->
         positions.append(zeros + list(range(len(p))) if side == "left" else list(range(len(p))) + zeros)
     mask = torch.tensor(masks)
     empty = gpt.empty_cache(len(prompts))
-    logits, *past = gpt.forward_cached(torch.tensor(rows), torch.tensor(positions), mask, *empty)
+    logits, past = cached(gpt, torch.tensor(rows), torch.tensor(positions), mask, empty)
     last = torch.tensor([width - 1 if side == "left" else len(p) - 1 for p in prompts])
     step_logits = logits[torch.arange(len(prompts)), last]  # (B, V) at each row's last real token
     out = [step_logits]
@@ -74,7 +83,7 @@ def greedy_batched(gpt: GPT, prompts: list[list[int]], steps: int, side: str) ->
     for _ in range(steps):
         mask = torch.cat([mask, ones(len(prompts), 1)], dim=1)
         token = step_logits.argmax(dim=1, keepdim=True)  # (B, 1)
-        logits, *past = gpt.forward_cached(token, lengths[:, None], mask, *past)
+        logits, past = cached(gpt, token, lengths[:, None], mask, past)
         lengths = lengths + 1
         step_logits = logits[:, 0]
         out.append(step_logits)

@@ -9,7 +9,6 @@ default store NAMES and graph I/O (model_store/README.md), so every test address
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,74 +105,9 @@ def _write_gpt(version: Path) -> None:
     """A byte-level GPT exported as export/ does it: one graph with an explicit KV cache."""
     import torch
 
-    from deepserve.export.onnx_graph import write_onnx
+    from deepserve.export.generative_plans import write_gpt_version
     from deepserve.models import build_model
-    from deepserve.models.gpt import GPTWithCache
-    from deepserve.store import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
 
-    layers, heads, head_dim = 2, 2, 8
-    gpt: Any = build_model(
-        "gpt",
-        vocab_size=256,
-        context_length=GPT_CONTEXT,
-        n_layer=layers,
-        n_head=heads,
-        d_model=heads * head_dim,
-    ).eval()
-    dim = torch.export.Dim
-    b, t = dim("batch", max=64), dim("sequence", max=GPT_CONTEXT)
-    p, s = dim("past", min=0, max=GPT_CONTEXT), dim("total", max=2 * GPT_CONTEXT)
-    dims = {
-        "input_ids": {0: b, 1: t},
-        "position_ids": {0: b, 1: t},
-        "attention_mask": {0: b, 1: s},
-        "past_key": {1: b, 3: p},
-        "past_value": {1: b, 3: p},
-    }
-    cache = torch.randn(layers, 2, heads, 2, head_dim)
-    example = (
-        torch.randint(1, 256, (2, 3)),
-        torch.arange(3).repeat(2, 1),
-        torch.ones(2, 5, dtype=torch.int64),
-        cache,
-        cache.clone(),
-    )
-    cache_shape = [layers, -1, heads, -1, head_dim]
-    spec = ModelSpec(
-        name=GPT,
-        version=1,
-        task="text-generation",
-        architecture="gpt",
-        inputs=[
-            *(
-                TensorSpec(name=n, datatype="INT64", shape=[-1, -1])
-                for n in ("input_ids", "position_ids", "attention_mask")
-            ),
-            *(TensorSpec(name=n, datatype="FP32", shape=cache_shape) for n in ("past_key", "past_value")),
-        ],
-        outputs=[
-            TensorSpec(name="logits", datatype="FP32", shape=[-1, -1, 256]),
-            *(
-                TensorSpec(name=n, datatype="FP32", shape=cache_shape)
-                for n in ("present_key", "present_value")
-            ),
-        ],
-        max_batch_size=16,
-        preprocessing=TextPreprocessing(tokenizer="bytes", max_length=GPT_CONTEXT, vocab_size=256),
-        generation=GenerationDefaults(
-            context_length=GPT_CONTEXT, n_layer=layers, n_head=heads, head_dim=head_dim
-        ),
-        variants=[Variant(file="model.onnx", format="onnx", precision="fp32", usable=True)],
-        created=datetime.now(UTC).isoformat(),
-        torch_version=torch.__version__,
-    )
-    version.mkdir(parents=True)
-    write_onnx(
-        GPTWithCache(gpt),
-        example,
-        version / "model.onnx",
-        input_names=[i.name for i in spec.inputs],
-        output_names=[o.name for o in spec.outputs],
-        dynamic_shapes=dims,
-    )
-    spec.write(version)
+    torch.manual_seed(0)
+    gpt: Any = build_model("gpt", vocab_size=256, context_length=GPT_CONTEXT, n_layer=2, n_head=2, d_model=16)
+    write_gpt_version(gpt.eval(), version, name=GPT)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
+from deepserve.export.generative_plans import gpt_io
 from deepserve.handlers.generation import TextGenerationHandler
 from deepserve.handlers.runtime import Runtime
 from deepserve.handlers.torch_runtime import TorchRuntime
@@ -23,25 +24,17 @@ from deepserve.models.gpt import GPTWithCache
 from deepserve.service.engine import GenerationChunk, GenerationEngine, SamplingParams
 from deepserve.service.errors import InvalidRequestError, QueueFullError, ShuttingDownError
 from deepserve.service.metrics import Metrics
-from deepserve.store import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
+from deepserve.store import GenerationDefaults, ModelSpec, TextPreprocessing, Variant
 
 CTX, LAYERS, HEADS, HEAD_DIM = 64, 2, 2, 16
 CORPUS = "the quick brown fox jumps over the lazy dog. naïve café — über straße. " * 4
 
 
 def gpt_spec(eos_id: int | None = None) -> ModelSpec:
-    cache = [LAYERS, -1, HEADS, -1, HEAD_DIM]
+    inputs, outputs = gpt_io(LAYERS, HEADS, HEAD_DIM, 256)  # the in-place cache contract, as exported
     return ModelSpec(
         name="tiny-gpt", version=1, task="text-generation", architecture="gpt",
-        inputs=[TensorSpec(name="input_ids", datatype="INT64", shape=[-1, -1]),
-                TensorSpec(name="position_ids", datatype="INT64", shape=[-1, -1]),
-                TensorSpec(name="attention_mask", datatype="INT64", shape=[-1, -1]),
-                TensorSpec(name="past_key", datatype="FP32", shape=cache),
-                TensorSpec(name="past_value", datatype="FP32", shape=cache)],
-        outputs=[TensorSpec(name="logits", datatype="FP32", shape=[-1, -1, 256]),
-                 TensorSpec(name="present_key", datatype="FP32", shape=cache),
-                 TensorSpec(name="present_value", datatype="FP32", shape=cache)],
-        max_batch_size=16,
+        inputs=inputs, outputs=outputs, max_batch_size=16,
         preprocessing=TextPreprocessing(tokenizer="bytes", max_length=CTX, vocab_size=256),
         generation=GenerationDefaults(context_length=CTX, n_layer=LAYERS, n_head=HEADS, head_dim=HEAD_DIM,
                                       eos_id=eos_id),

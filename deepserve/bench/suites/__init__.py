@@ -14,6 +14,8 @@ SUITES: dict[str, str] = {
     "ceiling and perf_analyzer",
     "defaults": "the default models of a store (digits-cnn, tabular-mlp, minilm, docs-gpt)",
     "generation": "the generation engine's concurrent streams vs the same requests one at a time",
+    "openai-streams": "generation through the server with the openai SDK: concurrent vs one by one, time to "
+    "first token, inter-token latency while a long prompt joins",
     "compare": "tiny MLP beside Triton (PyTriton), TorchServe and a naive server, HTTP and gRPC, one run",
 }
 
@@ -21,5 +23,5 @@ SUITES: dict[str, str] = {
 def run_suite(name: str, argv: list[str]) -> int:
     if name not in SUITES:
         raise SystemExit(f"unknown suite {name!r}: choose one of {', '.join(SUITES)}")
-    module = importlib.import_module(f"{__name__}.{name}")
+    module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")  # openai-streams: openai_streams
     return int(module.main(argv) or 0)

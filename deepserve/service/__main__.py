@@ -24,6 +24,7 @@ from collections.abc import Generator, Sequence
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 from deepserve.service.app import create_app
 from deepserve.service.dataplane import DataPlane
@@ -74,7 +75,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
     given = {k: v for k, v in flags.items() if v is not None}
     if given.get("grpc_port") == 0:
         given["enable_grpc"] = False
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:  # a bad DEEPSERVE_* value: one line naming it, exit 2, no traceback
+        print(f"deepserve: {settings_error(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def settings_error(exc: ValidationError) -> str:
+    """``DEEPSERVE_DEVICES: bad device 'gpu7': ...`` for each setting pydantic refused, joined by '; '."""
+    parts = []
+    for error in exc.errors():
+        name = "DEEPSERVE_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{name}: {message} (got {error.get('input')!r})")
+    return "; ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

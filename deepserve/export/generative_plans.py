@@ -252,4 +252,5 @@ def plan_gpt(ckpt: Checkpoint, model: nn.Module, prep: dict[str, Any]) -> GraphP
         preprocessing=prep,
         generation=generation,
         greedy=gpt_prompts(rows["input_ids"], ctx),
+        assets=dict(ckpt.meta.get("assets") or {}),  # a BPE GPT's tokenizer.json
     )

@@ -51,9 +51,21 @@ def _topics(meta: dict[str, Any]) -> Rows:
 def _lm_text(meta: dict[str, Any]) -> Rows:
     from deepserve.training.textdata import lm_data, topic_corpus
 
-    context = int(meta["preprocessing"]["max_length"])
-    ids = lm_data(topic_corpus(), context).val.tensors[0]  # last 10% of the corpus, never trained on
-    return {"input_ids": ids.numpy()}
+    prep = meta["preprocessing"]
+    context = int(prep["max_length"])
+    if prep.get("tokenizer", "bytes") == "bytes":
+        ids = lm_data(topic_corpus(), context).val.tensors[0]  # last 10% of the corpus, never trained on
+        return {"input_ids": ids.numpy()}
+    import torch
+    from tokenizers import Tokenizer
+
+    from deepserve.training.data import windows
+
+    tokenizer = Tokenizer.from_str(meta["assets"][prep.get("tokenizer_file") or "tokenizer.json"])
+    data = topic_corpus()  # the same last 10 %, through the checkpoint's own BPE tokenizer
+    val = data[int(len(data) * 0.9) :].decode("utf-8", errors="ignore")
+    val_ids = torch.tensor(tokenizer.encode(val).ids, dtype=torch.long)
+    return {"input_ids": windows(val_ids, context + 1, context)[:, :-1].numpy()}
 
 
 def _builtin(meta: dict[str, Any]) -> tuple[Rows, str] | None:

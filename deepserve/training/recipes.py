@@ -23,6 +23,7 @@ from typing import Any
 
 from deepserve.training import data as datasets
 from deepserve.training import encoders
+from deepserve.training.bpe import bpe_lm_data
 from deepserve.training.config import TrainConfig
 from deepserve.training.data import TaskData
 from deepserve.training.distributed import DistContext
@@ -122,7 +123,7 @@ def _mlp(hidden: list[int], dropout: float) -> ModelConfig:
 
 def _gpt(context: int, n_layer: int, n_head: int, d_model: int) -> ModelConfig:
     return lambda d: {
-        "vocab_size": 256,
+        "vocab_size": int(d.preprocessing.get("vocab_size") or 256),  # bytes, or the BPE vocabulary
         "context_length": context,
         "n_layer": n_layer,
         "n_head": n_head,
@@ -192,6 +193,11 @@ def _gan_data(quick: bool) -> TaskData:
 
 def _gpt_data(quick: bool) -> TaskData:
     return lm_data(topic_corpus(), GPT_CONTEXT_QUICK if quick else GPT_CONTEXT, source="pydoc_data.topics")
+
+
+def _gpt_bpe_data(quick: bool) -> TaskData:
+    context, vocab = (GPT_CONTEXT_QUICK, 512) if quick else (GPT_CONTEXT, 2048)
+    return bpe_lm_data(topic_corpus(), context, vocab, source="pydoc_data.topics")[0]
 
 
 def _recipes(*recipes: Recipe) -> dict[str, Recipe]:
@@ -310,6 +316,19 @@ RECIPES: dict[str, Recipe] = _recipes(
         quick_config=_mlp([8], 0.0),
         train=TrainConfig(epochs=200, batch_size=32, lr=1e-3, weight_decay=0.05, patience=25),
         store_seconds=8,
+    ),
+    Recipe(
+        name="docs-gpt-bpe",
+        description="GPT over a byte-level BPE vocabulary (2,048 ids, trained on the training split) on "
+        "Python's reference topics",
+        trainer="language",
+        data=_gpt_bpe_data,
+        model="gpt",
+        config=_gpt(GPT_CONTEXT, 4, 4, 128),
+        quick_config=_gpt(GPT_CONTEXT_QUICK, 1, 2, 32),
+        train=TrainConfig(epochs=3, batch_size=32, lr=3e-3, weight_decay=0.1, patience=None),
+        store_seconds=90,
+        in_store=False,
     ),
     Recipe(
         name="docs-gpt",

@@ -19,6 +19,7 @@ TASKS = {
     "tabular-mlp": "classification",
     "regression-mlp": "regression",
     "docs-gpt": "text-generation",
+    "docs-gpt-bpe": "text-generation",
     "docs-classifier": "classification",
     "digits-vae": "embedding",
     "digits-dcgan": "image-generation",

@@ -50,23 +50,27 @@ def prompts() -> list[list[int]]:
     return [list(b"a much longer first prompt, forty bytes"), list(b"short"), list(b"middle one")]
 
 
-def decode_round(cache: KVCache, gpt: Any, seqs: list[list[int]], steps: int) -> None:
+def decode_round(
+    cache: KVCache, gpt: Any, seqs: list[list[int]], steps: int, tol: dict[str, float] = TOL
+) -> None:
     """``steps`` greedy decodes of every row, each row's logits checked against full recompute."""
     for _ in range(steps):
         tokens = np.array([int(full_logits(gpt, s).argmax()) for s in seqs], np.int64)
         logits = cache.decode(tokens)
         for row, token in enumerate(tokens.tolist()):
             seqs[row].append(token)
-            np.testing.assert_allclose(logits[row], full_logits(gpt, seqs[row]), **TOL)
+            np.testing.assert_allclose(logits[row], full_logits(gpt, seqs[row]), **tol)
 
 
-def fill(cache: KVCache, gpt: Any, chunk: int, count: int = 3) -> list[list[int]]:
+def fill(
+    cache: KVCache, gpt: Any, chunk: int, count: int = 3, tol: dict[str, float] = TOL
+) -> list[list[int]]:
     seqs = []
     for prompt in prompts()[:count]:
         pre = cache.begin(len(prompt))
         for start in range(0, len(prompt), chunk):  # chunked prefill: later chunks attend to earlier ones
             logits = cache.prefill(pre, prompt[start : start + chunk])
-        np.testing.assert_allclose(logits, full_logits(gpt, prompt), **TOL)
+        np.testing.assert_allclose(logits, full_logits(gpt, prompt), **tol)
         cache.join(pre, 1)
         seqs.append(list(prompt))
     return seqs
@@ -140,3 +144,22 @@ def test_a_full_cache_refuses_another_row(exported: Any) -> None:
     cache.join(pre, 1)
     with pytest.raises(RuntimeError, match="1 slots"):
         cache.join(pre, 1)
+
+
+@pytest.mark.gpu
+def test_the_cache_lives_on_the_gpu_and_gives_the_cpu_logits(exported: Any) -> None:
+    """On a GPU (bench/gpu_check.sh runs `-m gpu`): slot buffers are CUDA tensors bound by pointer."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or not torch.cuda.is_available():
+        pytest.skip("needs onnxruntime-gpu with the CUDA provider and a CUDA build of torch")
+    gpt, cpu_handler = exported
+    gpu_handler = TextGenerationHandler(
+        cpu_handler.spec, cpu_handler.version_dir, device="cuda:0", precision="fp32"
+    )
+    gpu_handler.load()
+    cache = gpu_handler.open_cache(4)
+    assert isinstance(cache, SlotCache) and cache.arrays.on_device
+    loose = {"rtol": 1e-3, "atol": 2e-2}  # the GPU may run fp32 matmuls in TF32
+    decode_round(cache, gpt, fill(cache, gpt, 5, tol=loose), 3, tol=loose)
+    assert cache.keys[0].is_cuda

@@ -2,12 +2,13 @@
 baseline it must beat, and a sample.
 
 The held-out split is the last 10 % of the text by position; its loss is reported in nats per
-token with perplexity, and in bits per byte of that text (``val_bits_per_byte``), the one scale on
-which a byte model and a BPE model compare.
+token with perplexity, and in bits per byte of that text, the one scale on
+which a byte model and a BPE model compare (``bits_per_byte``; ``bits_per_token`` beside it).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -132,7 +133,9 @@ def train_language_model(job: Job, ctx: ddp.DistContext | None = None) -> Path:
         val_bytes = codec.text_bytes(targets)
         metrics: dict[str, object] = {
             **language_model_metrics(result.best_val_loss),
-            "val_bits_per_byte": bits_per_byte(result.best_val_loss, targets.numel(), val_bytes),
+            "bits_per_token": result.best_val_loss / math.log(2),
+            # per byte of the validation text: what byte and BPE models compare on
+            "bits_per_byte": bits_per_byte(result.best_val_loss, targets.numel(), val_bytes),
             "unigram_baseline_loss": baseline,
             "unigram_baseline_bits_per_byte": bits_per_byte(baseline, targets.numel(), val_bytes),
         }

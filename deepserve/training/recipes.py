@@ -318,28 +318,30 @@ RECIPES: dict[str, Recipe] = _recipes(
         store_seconds=8,
     ),
     Recipe(
-        name="docs-gpt-bpe",
+        name="docs-gpt",
         description="GPT over a byte-level BPE vocabulary (2,048 ids, trained on the training split) on "
-        "Python's reference topics",
+        "Python's reference topics (pydoc_data.topics); 1.84 bits per byte after 240 s against the byte "
+        "model's 2.04",
         trainer="language",
         data=_gpt_bpe_data,
         model="gpt",
         config=_gpt(GPT_CONTEXT, 4, 4, 128),
         quick_config=_gpt(GPT_CONTEXT_QUICK, 1, 2, 32),
-        train=TrainConfig(epochs=3, batch_size=32, lr=3e-3, weight_decay=0.1, patience=None),
+        # 12 epochs, not 3: a window holds ~3.5x the text, so there are 3.5x fewer; the same
+        # wall-clock budget as the byte model (3 epochs were 61 s and stopped far from converged)
+        train=TrainConfig(epochs=12, batch_size=32, lr=3e-3, weight_decay=0.1, patience=None),
         store_seconds=90,
-        in_store=False,
     ),
     Recipe(
-        name="docs-gpt",
-        description="byte-level GPT on Python's reference topics (pydoc_data.topics)",
+        name="docs-gpt-bytes",
+        description="byte-level GPT on Python's reference topics (docs-gpt before its BPE vocabulary)",
         trainer="language",
         data=_gpt_data,
         model="gpt",
         config=_gpt(GPT_CONTEXT, 4, 4, 128),
         quick_config=_gpt(GPT_CONTEXT_QUICK, 1, 2, 32),
         train=TrainConfig(epochs=3, batch_size=32, lr=3e-3, weight_decay=0.1, patience=None),
-        store_seconds=90,
+        in_store=False,
     ),
     Recipe(
         name="docs-transformer",

@@ -42,17 +42,17 @@ def test_bits_per_byte_formula() -> None:
 
 
 def test_a_bpe_gpt_trains_exports_and_serves_text(tmp_path: Path) -> None:
-    """The whole path a user takes: `deepserve train docs-gpt-bpe`, `deepserve export`, a completion."""
+    """The whole path a user takes: `deepserve train docs-gpt` (BPE), `deepserve export`, a completion."""
     from deepserve.export.exporter import export_checkpoint
     from deepserve.handlers.generation import TextGenerationHandler
     from deepserve.store import ModelSpec
     from deepserve.training.recipes import run_recipe
 
-    ckpt = run_recipe("docs-gpt-bpe", tmp_path / "run", quick=True)
+    ckpt = run_recipe("docs-gpt", tmp_path / "run", quick=True)
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
-    assert 0 < report["val_bits_per_byte"] < report["loss"] / math.log(2)  # several bytes per token
+    assert 0 < report["bits_per_byte"] < report["bits_per_token"]  # several bytes per token
     assert report["unigram_baseline_bits_per_byte"] > 0
-    (version,) = export_checkpoint(ckpt, tmp_path / "store", name="docs-gpt-bpe", skip_slow=True)
+    (version,) = export_checkpoint(ckpt, tmp_path / "store", name="docs-gpt", skip_slow=True)
     spec = ModelSpec.read(version)
     assert (version / "tokenizer.json").is_file() and spec.preprocessing.tokenizer == "tokenizers"  # type: ignore[union-attr]
     assert spec.generation is not None and spec.generation.eos_id == 0
@@ -67,6 +67,6 @@ def test_a_bpe_gpt_trains_exports_and_serves_text(tmp_path: Path) -> None:
 def test_the_byte_gpt_reports_bits_per_byte_on_the_same_scale(tmp_path: Path) -> None:
     from deepserve.training.recipes import run_recipe
 
-    run_recipe("docs-gpt", tmp_path / "run", quick=True)
+    run_recipe("docs-gpt-bytes", tmp_path / "run", quick=True)
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
-    assert report["val_bits_per_byte"] == pytest.approx(report["loss"] / math.log(2))  # one byte per token
+    assert report["bits_per_byte"] == pytest.approx(report["bits_per_token"])  # one byte per token

@@ -19,7 +19,7 @@ TASKS = {
     "tabular-mlp": "classification",
     "regression-mlp": "regression",
     "docs-gpt": "text-generation",
-    "docs-gpt-bpe": "text-generation",
+    "docs-gpt-bytes": "text-generation",
     "docs-classifier": "classification",
     "digits-vae": "embedding",
     "digits-dcgan": "image-generation",

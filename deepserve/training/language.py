@@ -8,7 +8,6 @@ which a byte model and a BPE model compare (``bits_per_byte``; ``bits_per_token`
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -133,7 +132,6 @@ def train_language_model(job: Job, ctx: ddp.DistContext | None = None) -> Path:
         val_bytes = codec.text_bytes(targets)
         metrics: dict[str, object] = {
             **language_model_metrics(result.best_val_loss),
-            "bits_per_token": result.best_val_loss / math.log(2),
             # per byte of the validation text: what byte and BPE models compare on
             "bits_per_byte": bits_per_byte(result.best_val_loss, targets.numel(), val_bytes),
             "unigram_baseline_loss": baseline,

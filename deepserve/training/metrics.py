@@ -84,8 +84,9 @@ def regression_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
 
 
 def language_model_metrics(loss_nats: float) -> dict[str, float]:
-    """Per-token cross-entropy in nats -> perplexity and bits per token (= bits per byte for bytes)."""
-    return {"loss": loss_nats, "perplexity": math.exp(loss_nats), "bits_per_byte": loss_nats / math.log(2)}
+    """Per-token cross-entropy in nats -> perplexity and bits per token (bits per byte needs the text's
+    bytes: ``bpe.bits_per_byte``)."""
+    return {"loss": loss_nats, "perplexity": math.exp(loss_nats), "bits_per_token": loss_nats / math.log(2)}
 
 
 def unigram_cross_entropy(train_ids: Tensor, eval_ids: Tensor, vocab_size: int) -> float:

@@ -65,7 +65,7 @@ def test_regression_metrics_match_sklearn(outputs: int) -> None:
 def test_language_model_metrics_and_unigram_baseline() -> None:
     m = metrics.language_model_metrics(math.log(4))
     assert m["perplexity"] == pytest.approx(4.0)
-    assert m["bits_per_byte"] == pytest.approx(2.0)
+    assert m["bits_per_token"] == pytest.approx(2.0)
     # two bytes equally often, add-one smoothing over 256 ids: p = 5001 / (10000 + 256)
     train, val = torch.tensor([97, 98] * 5000), torch.tensor([97, 98, 98, 97])
     assert metrics.unigram_cross_entropy(train, val, 256) == pytest.approx(-math.log(5001 / 10256))

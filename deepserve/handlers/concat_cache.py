@@ -10,7 +10,7 @@ longest row left). Same interface as ``slot_cache.SlotCache``, which the in-plac
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,7 +26,6 @@ class ConcatPrefill:
 
     key: np.ndarray
     value: np.ndarray
-    last_logits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @property
     def length(self) -> int:
@@ -60,8 +59,8 @@ class BatchCache:
         logits, pre.key, pre.value = self._step(
             np.array([tokens], np.int64), positions, mask, pre.key, pre.value
         )
-        pre.last_logits = logits[0, -1]
-        return pre.last_logits
+        last: np.ndarray = logits[0, -1]  # (V,) the next-token logits after the chunk
+        return last
 
     def join(self, pre: ConcatPrefill, copies: int) -> None:
         self.add(pre.key, pre.value, copies)

@@ -18,6 +18,7 @@ tritonclient works on GPT models too, and that the benchmark uses as the one-at-
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -199,9 +200,10 @@ class TextGenerationHandler(Handler):
             )
 
     # -- the model -------------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def contract(self) -> str:
-        """The loaded graph's cache contract (``kv_contract.IN_PLACE`` or ``CONCAT``)."""
+        """The loaded graph's cache contract (``kv_contract.IN_PLACE`` or ``CONCAT``), read once:
+        the concat cache's every step asks for it."""
         return contract_of(self._loaded().input_names, self.spec.name)
 
     def open_cache(self, capacity: int) -> KVCache:

@@ -19,7 +19,7 @@ CPU they are host arrays, bound the same way. Any other runtime gets the same vi
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,6 @@ class SlotPrefill:
     keys: list[Any]  # per layer (1, H, Wp, Dh)
     values: list[Any]
     length: int = 0  # prompt tokens already in the buffers
-    last_logits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
 class SlotCache:
@@ -66,7 +65,7 @@ class SlotCache:
             np.float16 if "float16" in getattr(outputs.get("logits"), "type", "") else np.float32
         )
         self.arrays: Arrays = arrays_for(
-            device if self._session is not None else "cpu", _cache_dtype(runtime)
+            device if self._session is not None else "cpu", _cache_dtype(self._session)
         )
         self._names = past_names(self.layers)
         self.width = 0
@@ -98,13 +97,13 @@ class SlotCache:
         ids = np.array([tokens], np.int64)
         positions = np.arange(start, start + t, dtype=np.int64)[None]
         past = [b if start else empty_view(b) for b in (*pre.keys, *pre.values)]
-        logits, new_key, new_value = self._run(ids, positions, mask, past, rows=1, new_tokens=t)
+        logits, new_key, new_value = self._run(ids, positions, mask, past)
         for layer in range(self.layers):
             pre.keys[layer][0, :, start : start + t] = new_key[layer, 0]
             pre.values[layer][0, :, start : start + t] = new_value[layer, 0]
         pre.length += t
-        pre.last_logits = logits[0, -1]
-        return pre.last_logits
+        last: np.ndarray = logits[0, -1]  # (V,) the next-token logits after the chunk
+        return last
 
     def join(self, pre: SlotPrefill, copies: int) -> None:
         """``pre``'s prompt becomes ``copies`` decode rows after the current ones."""
@@ -131,9 +130,7 @@ class SlotCache:
         mask[:, :columns] = np.arange(columns)[None, :] < lengths[:, None]
         past = [rows_view(b, rows) for b in (*self.keys, *self.values)]
         ids = np.ascontiguousarray(tokens.reshape(rows, 1), np.int64)
-        logits, new_key, new_value = self._run(
-            ids, lengths[:, None].copy(), mask, past, rows=rows, new_tokens=1
-        )
+        logits, new_key, new_value = self._run(ids, lengths[:, None].copy(), mask, past)
         index = np.arange(rows)
         for layer in range(self.layers):
             self.arrays.scatter(self.keys[layer], index, lengths, new_key[layer, :, :, 0])
@@ -181,41 +178,23 @@ class SlotCache:
         self.width = width
 
     def _run(
-        self,
-        ids: np.ndarray,
-        positions: np.ndarray,
-        mask: np.ndarray,
-        past: list[Any],
-        *,
-        rows: int,
-        new_tokens: int,
+        self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past: list[Any]
     ) -> tuple[np.ndarray, Any, Any]:
-        if self._session is None:
-            feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": mask}
+        """One step. ONNX Runtime: IOBinding, token inputs and logits on the host, cache views and
+        new columns where the cache is. Any other runtime: the views as feeds."""
+        feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": mask}
+        session, arrays = self._session, self.arrays
+        if session is None:
             out = self._runtime.run(
-                feeds | dict(zip(self._names, [self.arrays.to_host(p) for p in past], strict=True))
+                feeds | dict(zip(self._names, [arrays.to_host(p) for p in past], strict=True))
             )
             return out["logits"], out["new_key"], out["new_value"]
-        return self._run_bound(ids, positions, mask, past, rows=rows, new_tokens=new_tokens)
-
-    def _run_bound(
-        self,
-        ids: np.ndarray,
-        positions: np.ndarray,
-        mask: np.ndarray,
-        past: list[Any],
-        *,
-        rows: int,
-        new_tokens: int,
-    ) -> tuple[np.ndarray, Any, Any]:
-        """IOBinding: token inputs and logits on the host, cache views and new columns where the cache is."""
-        session, arrays = self._session, self.arrays
-        assert session is not None
         binding = session.io_binding()
-        for name, host in (("input_ids", ids), ("position_ids", positions), ("attention_mask", mask)):
+        for name, host in feeds.items():
             binding.bind_cpu_input(name, host)
         for name, view in zip(self._names, past, strict=True):
             arrays.bind_input(binding, name, view)
+        rows, new_tokens = ids.shape
         logits = np.empty((rows, new_tokens, self.vocab_size), self._logits_dtype)
         binding.bind_output("logits", "cpu", 0, logits.dtype, logits.shape, logits.ctypes.data)
         new_shape = (self.layers, rows, self.heads, new_tokens, self.head_dim)
@@ -232,9 +211,8 @@ def _bucketed(columns: int, context_length: int) -> int:
     return max(columns, min(-(-columns // BUCKET) * BUCKET, context_length))
 
 
-def _cache_dtype(runtime: Runtime) -> Any:
+def _cache_dtype(session: Any) -> Any:
     """The graph's cache dtype: float16 for a native-fp16 ONNX file, else float32."""
-    session = getattr(runtime, "session", None)
     if session is None:
         return np.float32
     past = next((i for i in session.get_inputs() if i.name == "past_key_0"), None)

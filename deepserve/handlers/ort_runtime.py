@@ -26,6 +26,7 @@ import numpy as np
 
 from deepserve.handlers.base import ModelLoadError
 from deepserve.handlers.io_binding import DeviceBinding, binding_device
+from deepserve.handlers.ort_threads import fewer_threads_if_faster
 from deepserve.handlers.runtime import Runtime, is_cuda
 from deepserve.handlers.trt_plan import TensorrtPlan, plan_tensorrt
 from deepserve.store import ModelSpec, Variant
@@ -119,11 +120,14 @@ class OrtRuntime(Runtime):
         max_batch_size: int | None = None,
         trt_cache_root: Path | None = None,
         bind_on: str | None = None,
+        fit_threads: bool = False,
     ) -> None:
         """``spec`` (model.json), ``max_batch_size`` (the batcher's largest batch, default the
         model's) and ``trt_cache_root`` (default ~/.cache/deepserve/trt) shape the TensorRT plan.
         ``bind_on``: force an IOBinding on this ORT device type ('cpu' in tests); default: bind on
-        the device of the provider the session really runs on, none on the CPU provider."""
+        the device of the provider the session really runs on, none on the CPU provider.
+        ``fit_threads``: ``threads`` is a ceiling, not an order; a small graph on the CPU provider
+        keeps one thread when that is faster (deepserve.handlers.ort_threads)."""
         import onnxruntime as ort
 
         self.path, self.variant, self.threads = path, variant, threads
@@ -134,15 +138,23 @@ class OrtRuntime(Runtime):
             plan = plan_tensorrt(path, variant, spec, device_id=device_index(device),
                                  max_batch_size=max_batch_size, cache_root=trt_cache_root)  # fmt: skip
         self.providers_asked = providers_for(device, available, plan)
-        try:
-            self.session = ort.InferenceSession(
-                str(path),
-                session_options(variant, threads=threads, spinning=spinning),
-                providers=self.providers_asked,
-                disabled_optimizers=disabled,
-            )
-        except Exception as exc:  # ORT raises its own untyped errors for corrupt files
-            raise ModelLoadError(f"ONNX Runtime cannot load {path}: {exc}; re-export the model") from exc
+
+        def make_session(n_threads: int) -> Any:
+            try:
+                return ort.InferenceSession(
+                    str(path),
+                    session_options(variant, threads=n_threads, spinning=spinning),
+                    providers=self.providers_asked,
+                    disabled_optimizers=disabled,
+                )
+            except Exception as exc:  # ORT raises its own untyped errors for corrupt files
+                raise ModelLoadError(f"ONNX Runtime cannot load {path}: {exc}; re-export the model") from exc
+
+        self.session = make_session(threads)
+        if fit_threads and self.provider == "CPUExecutionProvider":
+            self.session, self.threads, why = fewer_threads_if_faster(self.session, threads, make_session)
+            if why is not None:
+                log.info("%s: %d intra-op thread(s): %s", path.name, self.threads, why)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._input_dtypes = {i.name: _ORT_DTYPES.get(i.type) for i in self.session.get_inputs()}

@@ -217,7 +217,8 @@ def open_runtime(
     max_batch_size: int | None = None,
     trt_cache_root: Path | None = None,
 ) -> Runtime:
-    """Load ``variant``'s file with its backend; ``threads`` = cores this model may use.
+    """Load ``variant``'s file with its backend; ``threads`` = cores this model may use (None: all
+    of them, or one for a small ONNX graph on the CPU that runs faster so: handlers.ort_threads).
 
     On a GPU with TensorRT, ``max_batch_size`` (the batcher's largest batch; default the model's)
     bounds its optimisation profile and ``trt_cache_root`` holds the engine cache
@@ -239,7 +240,7 @@ def open_runtime(
         n_threads = threads or default_threads()
         return OrtRuntime(path, variant, device=device, threads=n_threads, spinning=spinning,
                           spec=ModelSpec.read(version_dir), max_batch_size=max_batch_size,
-                          trt_cache_root=trt_cache_root)  # fmt: skip
+                          trt_cache_root=trt_cache_root, fit_threads=threads is None)  # fmt: skip
     if is_cuda(device):
         _require_cuda(device)
     spec = ModelSpec.read(version_dir)

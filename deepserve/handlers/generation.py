@@ -41,7 +41,7 @@ from deepserve.handlers.tokenizer import BytesTokenizer, TextStream, TokenizersT
 from deepserve.store import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing
 
 # Per-request parameters a KServe v2 / TorchServe client may pass (request "parameters").
-_PARAMS = ("max_tokens", "temperature", "top_k", "top_p", "seed")
+_PARAMS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "frequency_penalty", "presence_penalty")
 
 
 class StepOutput(NamedTuple):
@@ -50,6 +50,15 @@ class StepOutput(NamedTuple):
     logits: np.ndarray  # (B, T, V) float32
     present_key: np.ndarray  # (L, B, H, P+T, Dh)
     present_value: np.ndarray
+
+
+def penalise(row: np.ndarray, seen: dict[int, int], frequency: float, presence: float) -> None:
+    """OpenAI's frequency and presence penalties, in place on one row of logits (V,): each token
+    this choice generated ``seen[token]`` times so far loses ``frequency * times + presence``."""
+    if seen and (frequency or presence):
+        ids = np.fromiter(seen.keys(), np.int64, len(seen))
+        times = np.fromiter(seen.values(), np.float32, len(seen))
+        row[ids] -= times * frequency + presence
 
 
 def sample(
@@ -247,6 +256,8 @@ class TextGenerationHandler(Handler):
         temperature = np.array([float(params.get("temperature", d.temperature))])
         top_k = np.array([int(params.get("top_k") or d.top_k or 0)])
         top_p = np.array([float(params.get("top_p", d.top_p))])
+        frequency = float(params.get("frequency_penalty", 0.0))
+        presence = float(params.get("presence_penalty", 0.0))
         seed = params.get("seed")
         rng = np.random.default_rng(None if seed is None else [int(seed), 0])  # as the engine's choice 0
         cache = self.open_cache(1)
@@ -254,11 +265,16 @@ class TextGenerationHandler(Handler):
         logits = cache.prefill(pre, prompt)[None]  # (1, V)
         cache.join(pre, 1)
         out: list[int] = []
+        seen: dict[int, int] = {}
         while True:
+            if seen and (frequency or presence):
+                logits = np.array(logits, np.float32)  # the cache's output stays as it was
+                penalise(logits[0], seen, frequency, presence)
             token = int(sample(logits, temperature, top_k, top_p, np.array([rng.random()]))[0])
             if token == self.eos_id:
                 return out
             out.append(token)
+            seen[token] = seen.get(token, 0) + 1
             if len(out) >= max_tokens or len(prompt) + len(out) > self.context_length:  # no next position
                 return out
             logits = cache.decode(np.array([token], np.int64))
@@ -311,13 +327,13 @@ def _generation_tokenizer(
 def _sampling_params(parameters: dict[str, Any]) -> Tensors:
     """Request parameters (numbers, or text from TorchServe query strings) as 0-d arrays, range-checked."""
     ranges = {"max_tokens": (1, None), "top_k": (1, None), "seed": (0, None), "temperature": (0, None),
-              "top_p": (1e-9, 1)}  # fmt: skip
+              "top_p": (1e-9, 1), "frequency_penalty": (-2, 2), "presence_penalty": (-2, 2)}  # fmt: skip
     out: Tensors = {}
     for name, (low, high) in ranges.items():
         raw = parameters.get(name)
         if raw is None:
             continue
-        kind = float if name in ("temperature", "top_p") else int
+        kind = int if name in ("max_tokens", "top_k", "seed") else float
         try:
             value = kind(raw.decode() if isinstance(raw, bytes | bytearray) else raw)
         except (TypeError, ValueError):

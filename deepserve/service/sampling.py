@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepserve.handlers.generation import sample
+from deepserve.handlers.generation import penalise, sample
 from deepserve.service.errors import InvalidRequestError
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's chat limit (completions allow 5)
@@ -117,10 +117,7 @@ def _adjusted(logits: np.ndarray, params: list[SamplingParams], counts: list[dic
         if p.logit_bias:
             biased = np.array([t for t, _ in p.logit_bias], np.int64)
             out[row, biased] += np.array([b for _, b in p.logit_bias], np.float32)
-        if seen and (p.frequency_penalty or p.presence_penalty):
-            seen_ids = np.fromiter(seen.keys(), np.int64, len(seen))
-            times = np.fromiter(seen.values(), np.float32, len(seen))
-            out[row, seen_ids] -= times * p.frequency_penalty + p.presence_penalty
+        penalise(out[row], seen, p.frequency_penalty, p.presence_penalty)
     return out
 
 

@@ -123,6 +123,27 @@ def test_kserve_text_path_generates_greedily(handler: TextGenerationHandler, exp
     assert handler.postprocess(one, payload) == out["text_output"][0, 0].decode()
 
 
+def test_kserve_text_path_applies_frequency_and_presence_penalties(
+    handler: TextGenerationHandler, exported: Any
+) -> None:
+    params = {"max_tokens": 8, "temperature": 0, "frequency_penalty": 2, "presence_penalty": 0.5}
+    request = TensorRequest({"text_input": np.array([[b"aaaa"]], dtype=object)}, parameters=params)
+    (out,) = handler.predict_batch([handler.preprocess(request)])
+    ids, seen = list(b"aaaa"), {}
+    for _ in range(8):  # OpenAI's penalties over the generated tokens, by full recompute
+        row = full_logits(exported[0], ids).astype(np.float32)
+        for token, times in seen.items():
+            row[token] -= 2 * times + 0.5
+        ids.append(int(row.argmax()))
+        seen[ids[-1]] = seen.get(ids[-1], 0) + 1
+    assert out["text_output"][0, 0] == handler.decode(ids[4:]).encode()
+    plain = handler.generate_ids(list(b"aaaa"), {"max_tokens": 8, "temperature": 0})
+    assert handler.decode(plain).encode() != out["text_output"][0, 0]  # the penalty changed the text
+    with pytest.raises(InvalidInputError, match="'frequency_penalty' is out of range"):
+        handler.preprocess(TensorRequest({"text_input": np.array([[b"a"]], dtype=object)},
+                                         parameters={"frequency_penalty": 3}))  # fmt: skip
+
+
 def test_generation_stops_at_the_context_window(handler: TextGenerationHandler) -> None:
     prompt = handler.encode("x" * (CTX - 3))
     made = handler.generate_ids(prompt, {"max_tokens": 100, "temperature": 0})

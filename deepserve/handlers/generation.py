@@ -229,6 +229,17 @@ class TextGenerationHandler(Handler):
         shape = (layers, batch, heads, 0, head_dim)
         return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
 
+    def prompt_logits(self, ids: list[int]) -> np.ndarray:
+        """(T, V) logits over the prompt ``ids``, row i predicting token i + 1: one forward from an
+        empty cache (OpenAI's ``echo`` with ``logprobs`` scores the prompt with these)."""
+        self.check_prompt(ids)
+        key, value = self.empty_cache(1)
+        length = len(ids)
+        out = self.step(np.array([ids], np.int64), np.arange(length, dtype=np.int64)[None],
+                        np.ones((1, length), np.int64), key, value)  # fmt: skip
+        logits: np.ndarray = out.logits[0]
+        return logits
+
     def step(
         self,
         input_ids: np.ndarray,

@@ -21,7 +21,9 @@ import codecs
 from collections.abc import Callable
 from typing import Any
 
-from deepserve.service.sampling import TokenLogprob
+import numpy as np
+
+from deepserve.service.sampling import TokenLogprob, token_logprob
 
 TokenBytes = Callable[[int], bytes]
 
@@ -59,6 +61,24 @@ class LogprobsWriter:
             self._offset += len(self._chars.decode(raw))
         return out
 
+    def prompt(self, ids: list[int], logprobs: list[TokenLogprob | None]) -> dict[str, Any]:
+        """The echoed prompt's entries (completions shape): its first token has no logprob (null)."""
+        keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+        out: dict[str, list[Any]] = {key: [] for key in keys}
+        offset = 0
+        for token, lp in zip(ids, logprobs, strict=True):
+            raw = self._bytes(token)
+            out["tokens"].append(token_text(raw))
+            out["token_logprobs"].append(None if lp is None else lp.logprob)
+            top = None if lp is None else {token_text(self._bytes(t)): p for t, p in lp.top}
+            if top is not None and lp is not None:
+                top.setdefault(token_text(raw), lp.logprob)
+            out["top_logprobs"].append(top)
+            out["text_offset"].append(offset)
+            offset += len(self._chars.decode(raw))
+        self._chars.reset()
+        return out
+
     def chat(self, logprobs: list[TokenLogprob]) -> dict[str, Any]:
         content = []
         for lp in logprobs:
@@ -83,13 +103,39 @@ def token_bytes_of(handler: Any) -> TokenBytes:
     return lambda token: str(token).encode()
 
 
+def prompt_logprobs(logits: np.ndarray, ids: list[int], k: int) -> list[TokenLogprob | None]:
+    """Each prompt token's logprob under the logits before it (``logits`` (T, V), row i predicting
+    token i + 1) and the ``k`` most likely there; None for the first token, which nothing predicts."""
+    return [None] + [token_logprob(logits[i - 1], ids[i], k) for i in range(1, len(ids))]
+
+
 class ChoiceLogprobs:
     """One API call's logprobs: the OpenAI shape ("completion" | "chat" | None: not asked), the echoed
-    prompt texts (one per prompt, for ``n`` choices each) and one writer per choice."""
+    prompt texts (one per prompt, for ``n`` choices each), the echoed prompts' own logprobs entries
+    (``echo`` with ``logprobs``; formatted once per prompt) and one writer per choice."""
 
-    def __init__(self, shape: str | None, token_bytes: TokenBytes, echoed: list[str], n: int) -> None:
+    def __init__(
+        self,
+        shape: str | None,
+        token_bytes: TokenBytes,
+        echoed: list[str],
+        n: int,
+        prompt_parts: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.shape, self.token_bytes, self.echoed, self.n = shape, token_bytes, echoed, n
+        self.prompt_parts = prompt_parts or []
         self._writers: dict[int, LogprobsWriter] = {}
+
+    def prompt_part(self, index: int) -> dict[str, Any] | None:
+        """Choice ``index``'s echoed prompt entries (None: none asked)."""
+        return self.prompt_parts[index // self.n] if self.prompt_parts else None
+
+    def whole(self, index: int, logprobs: list[TokenLogprob]) -> dict[str, Any] | None:
+        """A non-streamed choice's logprobs: its echoed prompt's entries, then its own."""
+        own, prompt = self.format(index, logprobs), self.prompt_part(index)
+        if own is None or prompt is None:
+            return own
+        return {key: prompt[key] + own[key] for key in own}
 
     def echo(self, index: int) -> str:
         return self.echoed[index // self.n] if self.echoed else ""

@@ -15,6 +15,7 @@ it with ``extra_body={"cluster": True}`` and keep the extra field on each item (
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import uuid
@@ -34,7 +35,7 @@ from deepserve.service.errors import InvalidRequestError
 from deepserve.service.http_deps import plane_of
 from deepserve.service.http_errors import error_body
 from deepserve.service.http_stream import TrackedStreamingResponse, record_stream_error
-from deepserve.service.openai_logprobs import ChoiceLogprobs, token_bytes_of
+from deepserve.service.openai_logprobs import ChoiceLogprobs, LogprobsWriter, prompt_logprobs, token_bytes_of
 from deepserve.service.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from deepserve.service.sampling import TokenLogprob
 from deepserve.service.streaming import merge, prime
@@ -167,11 +168,6 @@ def _prompts(call: Call, body: CompletionRequest) -> list[str]:
 async def completions(request: Request, body: CompletionRequest) -> Response:
     if (body.best_of or 1) > 1:
         raise InvalidRequestError("'best_of' > 1 is not supported; leave it unset (n gives several choices)")
-    if body.echo and body.logprobs is not None:
-        raise InvalidRequestError(
-            "'echo' with 'logprobs' is not supported: this server computes the logprobs of generated "
-            "tokens, not the prompt's; drop one of them"
-        )
     with plane_of(request).call(body.model, None, "openai") as call:
         prompts = _prompts(call, body)
         params = _sampling(body, body.max_tokens, body.logprobs)
@@ -241,9 +237,21 @@ async def _start(
 ) -> _Run:
     prompt_ids = [await call.tokenize(p) for p in prompts]  # once: for the engine and the usage
     tokens = sum(len(ids) for ids in prompt_ids)
+    token_bytes = token_bytes_of(call.handler)
+    parts = []
+    if echo and shape == "completion":  # the prompt's own logprobs: one cache-free forward each
+        parts = [await asyncio.to_thread(_prompt_part, call.handler, ids, params.logprobs, token_bytes)
+                 for ids in prompt_ids]  # fmt: skip
     sources = [await prime(call.generate(ids, params)) for ids in prompt_ids]
-    logprobs = ChoiceLogprobs(shape, token_bytes_of(call.handler), prompts if echo else [], params.n)
+    logprobs = ChoiceLogprobs(shape, token_bytes, prompts if echo else [], params.n, parts)
     return _Run(merge(sources), params, tokens, prefix, logprobs)
+
+
+def _prompt_part(handler: Any, ids: list[int], k: int, token_bytes: Any) -> dict[str, Any]:
+    prompt_logits = getattr(handler, "prompt_logits", None)
+    if not callable(prompt_logits):
+        raise InvalidRequestError("this model cannot score its prompt: drop 'logprobs' or 'echo'")
+    return LogprobsWriter(token_bytes).prompt(ids, prompt_logprobs(prompt_logits(ids), ids, k))
 
 
 async def _collect(run: _Run) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -258,7 +266,7 @@ async def _collect(run: _Run) -> tuple[list[dict[str, Any]], dict[str, int]]:
         if chunk.finish_reason:
             reasons[index] = chunk.finish_reason
     choices = [{"text": "".join(texts[i]), "finish_reason": reasons.get(i, "stop"),
-                "logprobs": run.logprobs.format(i, logprobs[i])} for i in sorted(texts)]  # fmt: skip
+                "logprobs": run.logprobs.whole(i, logprobs[i])} for i in sorted(texts)]  # fmt: skip
     return choices, run.usage()
 
 
@@ -288,7 +296,8 @@ async def _completion_events(
     base = {"id": run.id, "object": "text_completion", "created": run.created, "model": model}
     extra = {"usage": None} if include_usage else {}
     for index in range(len(run.logprobs.echoed) * run.n):  # echo: each choice's text starts with its prompt
-        choice = {"text": run.logprobs.echo(index), "index": index, "logprobs": None, "finish_reason": None}
+        choice = {"text": run.logprobs.echo(index), "index": index,
+                  "logprobs": run.logprobs.prompt_part(index), "finish_reason": None}  # fmt: skip
         yield _event({**base, "choices": [choice], **extra})
 
     def make(index: int, chunk: Any) -> dict[str, Any]:

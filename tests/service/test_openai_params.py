@@ -189,9 +189,7 @@ async def test_logit_bias_moves_the_choice(fixed: tuple[httpx.AsyncClient, Fixed
 # -- echo, max_tokens past the context, chat logprobs ------------------------------------------
 
 
-async def test_echo_prepends_the_prompt_and_refuses_prompt_logprobs(
-    fixed: tuple[httpx.AsyncClient, FixedRuntime],
-) -> None:
+async def test_echo_prepends_the_prompt(fixed: tuple[httpx.AsyncClient, FixedRuntime]) -> None:
     client, _ = fixed
     body = {"model": MODEL, "prompt": "hello", "max_tokens": 3, "temperature": 0, "echo": True}
     assert (await client.post("/v1/completions", json=body)).json()["choices"][0]["text"] == "helloaaa"
@@ -201,8 +199,33 @@ async def test_echo_prepends_the_prompt_and_refuses_prompt_logprobs(
         events[0]["choices"][0]["text"] == "hello"
         and "".join(e["choices"][0]["text"] for e in events) == "helloaaa"
     )
-    r = await client.post("/v1/completions", json={**body, "logprobs": 1})
-    assert r.status_code == 400 and "generated tokens" in r.json()["error"]["message"]
+
+
+async def test_echo_with_logprobs_scores_the_prompt_with_the_models_log_softmax(
+    tmp_path: Path, gpt: Any
+) -> None:
+    prompt = "the quick"
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 2, "echo": True}
+    async for client in serve(tmp_path, gpt_runtime(gpt)):
+        r = await client.post("/v1/completions", json=body)
+        streamed = await client.post("/v1/completions", json={**body, "stream": True})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    lp, ids = choice["logprobs"], list(prompt.encode())
+    assert lp["tokens"][: len(ids)] == list(prompt) and len(lp["tokens"]) == len(ids) + 4
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None  # nothing predicts token 0
+    assert lp["text_offset"] == list(range(len(ids) + 4))  # the prompt from 0, then what was generated
+    with torch.no_grad():
+        reference = torch.log_softmax(gpt(torch.tensor([ids]))[0], dim=-1).numpy()  # (T, V)
+    for i in range(1, len(ids)):
+        assert abs(lp["token_logprobs"][i] - reference[i - 1, ids[i]]) < 1e-4
+        top = sorted(lp["top_logprobs"][i].values(), reverse=True)[:2]
+        np.testing.assert_allclose(top, np.sort(reference[i - 1])[::-1][:2], atol=1e-4)
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    first = events[0]["choices"][0]
+    assert first["text"] == prompt and first["logprobs"]["token_logprobs"] == lp["token_logprobs"][: len(ids)]
+    generated = [t for e in events[1:] for t in (e["choices"][0]["logprobs"] or {}).get("tokens", [])]
+    assert [*first["logprobs"]["tokens"], *generated] == lp["tokens"]
 
 
 async def test_max_tokens_past_the_context_is_refused_as_openai_does(

@@ -182,7 +182,7 @@ def start(n):
         proc.terminate()
         proc.wait(30)
     load = {m: float(v) for m, v in re.findall(r'deepserve_model_load_seconds\{model="([^"]+)",version="\d+"\} (\S+)', metrics)}
-    provider = dict(re.findall(r'deepserve_model_provider_info\{model="([^"]+)",provider="([^"]+)",version="\d+"\} 1', metrics))
+    provider = dict(re.findall(r'deepserve_model_provider_info\{device="[^"]+",model="([^"]+)",provider="([^"]+)",version="\d+"\} 1', metrics))
     files = sorted(str(p.relative_to(trt_cache)) for p in trt_cache.rglob("*") if p.is_file()) if trt_cache.is_dir() else []
     return {"ready_s": ready, "load_s": load, "provider": provider, "cache_files": files}
 

@@ -92,8 +92,9 @@ class Metrics:
         )  # fmt: skip
         self.model_provider = Gauge(
             "deepserve_model_provider_info", "1 for the execution provider the model version runs on "
-            "(TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider, torch-cuda, torch-cpu)",
-            ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
+            "(TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider, torch-cuda, torch-cpu) "
+            "and the device it was placed on (cpu, cuda:0, ...)",
+            ["model", "version", "provider", "device"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.prompt_tokens = Counter(
             "deepserve_prompt_tokens", "Prompt tokens processed", ["model"], registry=r

@@ -57,6 +57,11 @@ class ModelEntry:
         return self.state == "ready"
 
 
+def _placement(handler: Handler | None) -> tuple[str, str]:
+    """(provider, device) labels of a loaded handler; a user handler without them says unknown."""
+    return runtime_provider(handler), str(getattr(handler, "device", None) or "unknown")
+
+
 def check_model_name(name: str) -> str:
     """Names come from clients on load/unload: only plain store directory names pass."""
     if not is_plain_model_name(name):
@@ -272,8 +277,8 @@ class Registry:
             entry.engine = await self._start_engine(entry, handler)
         entry.state, entry.reason = "ready", ""
         self.metrics.model_ready.labels(entry.name, str(entry.version)).set(1)
-        provider = runtime_provider(handler)  # what the session really got: TensorRT, CUDA or CPU
-        self.metrics.model_provider.labels(entry.name, str(entry.version), provider).set(1)
+        # what the session really got (TensorRT, CUDA or CPU), and on which device it was placed
+        self.metrics.model_provider.labels(entry.name, str(entry.version), *_placement(handler)).set(1)
         # expose the autoscaler's input at 0 before the first request, so the HPA has a value
         self.metrics.inflight_child(entry.name)
 
@@ -327,8 +332,7 @@ class Registry:
             with contextlib.suppress(KeyError):
                 self.metrics.model_ready.remove(entry.name, str(entry.version))
             with contextlib.suppress(KeyError):
-                provider = runtime_provider(entry.handler)
-                self.metrics.model_provider.remove(entry.name, str(entry.version), provider)
+                self.metrics.model_provider.remove(entry.name, str(entry.version), *_placement(entry.handler))
 
     async def _stop_entry(self, entry: ModelEntry, timeout: float) -> None:
         deadline = time.monotonic() + timeout  # one for the model: its engine and batcher share it

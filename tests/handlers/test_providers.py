@@ -171,7 +171,7 @@ async def test_a_served_model_exports_its_provider_as_a_metric_label(image_cls: 
     try:
         assert registry.get("img-cls").ready
         text = metrics.render().decode()
-        labels = 'model="img-cls",provider="CPUExecutionProvider",version="1"'
+        labels = 'device="cpu",model="img-cls",provider="CPUExecutionProvider",version="1"'
         assert f"deepserve_model_provider_info{{{labels}}} 1.0" in text
     finally:
         await registry.stop(timeout=1.0)

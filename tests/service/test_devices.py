@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from deepserve.service.devices import DevicePlacer, parse_device, parse_devices
+from deepserve.handlers.base import ModelLoadError
+from deepserve.service import devices
+from deepserve.service.devices import DevicePlacer, parse_device, parse_devices, visible_gpus
 from deepserve.service.settings import Settings
 
 
@@ -27,14 +29,14 @@ def test_a_gpu_named_twice_is_refused() -> None:
 
 
 def test_unpinned_models_go_round_robin_and_pinned_ones_take_no_turn() -> None:
-    placer = DevicePlacer(["cuda:0", "cuda:1"], fallback="cpu")
+    placer = DevicePlacer(["cuda:0", "cuda:1"], fallback="cpu", visible=lambda: 2)
     placed = [placer.place("a"), placer.place("big", pinned="cuda:1"), placer.place("b"), placer.place("c")]
     assert placed == ["cuda:0", "cuda:1", "cuda:1", "cuda:0"]
     assert placer.place("a") == "cuda:0" and placer.place("b") == "cuda:1"  # a reload keeps its GPU
 
 
 def test_without_a_list_every_model_runs_on_the_server_device() -> None:
-    placer = DevicePlacer([], fallback="cuda")
+    placer = DevicePlacer([], fallback="cuda", visible=lambda: 3)
     assert [placer.place("a"), placer.place("b")] == ["cuda", "cuda"]
     assert placer.place("c", pinned="cuda:2") == "cuda:2"
 
@@ -57,6 +59,29 @@ def test_registry_places_each_model_from_settings(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setenv("DEEPSERVE_DEVICES", "cuda:0,cuda:1")
     monkeypatch.setenv("DEEPSERVE_MODELS", '{"pinned": {"device": "cuda:1"}}')
+    monkeypatch.setattr(devices, "visible_gpus", lambda: 2)
     registry = Registry(Settings(), Metrics(CollectorRegistry()))
     got = {n: registry._device_for(n, registry.settings.override(n).device) for n in ("a", "pinned", "b")}
     assert got == {"a": "cuda:0", "pinned": "cuda:1", "b": "cuda:1"}
+
+
+def test_a_gpu_the_machine_lacks_fails_the_model_in_one_line() -> None:
+    placer = DevicePlacer(["cuda:0", "cuda:1"], fallback="cpu", visible=lambda: 1)
+    assert placer.place("a") == "cuda:0"
+    with pytest.raises(ModelLoadError, match=r"^model b: device cuda:1 is not on this machine, which has "
+                                             r"1 visible GPU\(s\), cuda:0..cuda:0$"):  # fmt: skip
+        placer.place("b")
+    none = DevicePlacer([], fallback="cpu", visible=lambda: 0)
+    with pytest.raises(ModelLoadError, match="which has no visible GPU"):
+        none.place("m", pinned="cuda:0")
+    assert none.place("cpu-model") == "cpu"  # the CPU needs no GPU
+    unknown = DevicePlacer([], fallback="cpu", visible=lambda: None)
+    assert unknown.place("m", pinned="cuda:7") == "cuda:7"  # a machine that cannot tell is not second-guessed
+
+
+@pytest.mark.parametrize(("listed", "count"), [("0,1", 2), ("", 0), ("1,-1,2", 1), ("GPU-5d1c,GPU-77ab", 2)])
+def test_visible_gpus_follow_cuda_visible_devices(
+    monkeypatch: pytest.MonkeyPatch, listed: str, count: int
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+    assert visible_gpus() == count

@@ -53,6 +53,7 @@ class _Sampling(_Body):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=None, ge=0)  # 0 with echo + logprobs: score the prompt only
     logprobs: int | None = Field(default=None, ge=0, le=5)  # the chosen token's and this many more
     echo: bool = False
     best_of: int | None = None

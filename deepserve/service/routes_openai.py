@@ -20,6 +20,7 @@ import base64
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,8 @@ def _sampling(body: Any, max_tokens: int | None, logprobs: int | None) -> Any:
     from deepserve.service.sampling import SamplingParams
 
     return SamplingParams(
-        max_tokens=max_tokens or 16, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
+        max_tokens=16 if max_tokens is None else max_tokens, temperature=body.temperature, top_k=body.top_k,
+        top_p=body.top_p,
         stop=body.stop_strings(), seed=body.seed, n=body.n,
         frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
         logit_bias=_logit_bias(body.logit_bias), logprobs=logprobs,
@@ -216,12 +218,14 @@ class _Run:
     and the logprobs writers (one per choice: a stream's text offsets carry on from chunk to chunk)."""
 
     def __init__(self, stream: AsyncIterator[tuple[int, Any]], params: Any, prompt_tokens: int,
-                 prefix: str, logprobs: ChoiceLogprobs) -> None:  # fmt: skip
+                 prefix: str, logprobs: ChoiceLogprobs, choices: int) -> None:  # fmt: skip
         self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"  # OpenAI's: cmpl-… completions, chatcmpl-… chat
         self.created = int(time.time())
         self.stream, self.n, self.prompt_tokens = stream, params.n, prompt_tokens
         self.completion_tokens = 0
         self.logprobs = logprobs
+        self.choices = choices
+        self.generates = params.max_tokens > 0  # max_tokens 0: every choice is its echo, finished
 
     def usage(self) -> dict[str, int]:
         total = self.prompt_tokens + self.completion_tokens
@@ -242,9 +246,13 @@ async def _start(
     if echo and shape == "completion":  # the prompt's own logprobs: one cache-free forward each
         parts = [await asyncio.to_thread(_prompt_part, call.handler, ids, params.logprobs, token_bytes)
                  for ids in prompt_ids]  # fmt: skip
-    sources = [await prime(call.generate(ids, params)) for ids in prompt_ids]
+    if params.max_tokens == 0:  # nothing to generate (scoring a prompt): the other fields still checked
+        replace(params, max_tokens=1).check(getattr(call.handler, "vocab_size", None))
+        sources = []
+    else:
+        sources = [await prime(call.generate(ids, params)) for ids in prompt_ids]
     logprobs = ChoiceLogprobs(shape, token_bytes, prompts if echo else [], params.n, parts)
-    return _Run(merge(sources), params, tokens, prefix, logprobs)
+    return _Run(merge(sources), params, tokens, prefix, logprobs, choices=len(prompts) * params.n)
 
 
 def _prompt_part(handler: Any, ids: list[int], k: int, token_bytes: Any) -> dict[str, Any]:
@@ -255,12 +263,12 @@ def _prompt_part(handler: Any, ids: list[int], k: int, token_bytes: Any) -> dict
 
 
 async def _collect(run: _Run) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    texts: dict[int, list[str]] = {}
-    reasons: dict[int, str | None] = {}
-    logprobs: dict[int, list[TokenLogprob]] = {}
+    texts = {index: [run.logprobs.echo(index)] for index in range(run.choices)}
+    reasons: dict[int, str | None] = {} if run.generates else dict.fromkeys(texts, "length")
+    logprobs: dict[int, list[TokenLogprob]] = {index: [] for index in texts}
     async for source, chunk in run.stream:
         index = source * run.n + chunk.choice
-        texts.setdefault(index, [run.logprobs.echo(index)]).append(chunk.text)
+        texts[index].append(chunk.text)
         logprobs.setdefault(index, []).extend(chunk.logprobs or [])
         run.completion_tokens += len(chunk.token_ids)
         if chunk.finish_reason:
@@ -295,9 +303,11 @@ async def _completion_events(
 ) -> AsyncIterator[bytes]:
     base = {"id": run.id, "object": "text_completion", "created": run.created, "model": model}
     extra = {"usage": None} if include_usage else {}
-    for index in range(len(run.logprobs.echoed) * run.n):  # echo: each choice's text starts with its prompt
+    # echo: each choice's text starts with its prompt; max_tokens 0: that is all of it
+    for index in range(run.choices if run.logprobs.echoed or not run.generates else 0):
         choice = {"text": run.logprobs.echo(index), "index": index,
-                  "logprobs": run.logprobs.prompt_part(index), "finish_reason": None}  # fmt: skip
+                  "logprobs": run.logprobs.prompt_part(index),
+                  "finish_reason": None if run.generates else "length"}  # fmt: skip
         yield _event({**base, "choices": [choice], **extra})
 
     def make(index: int, chunk: Any) -> dict[str, Any]:

@@ -226,6 +226,29 @@ async def test_echo_with_logprobs_scores_the_prompt_with_the_models_log_softmax(
     assert first["text"] == prompt and first["logprobs"]["token_logprobs"] == lp["token_logprobs"][: len(ids)]
     generated = [t for e in events[1:] for t in (e["choices"][0]["logprobs"] or {}).get("tokens", [])]
     assert [*first["logprobs"]["tokens"], *generated] == lp["tokens"]
+    scored = await _score_only(tmp_path, gpt, {**body, "max_tokens": 0})
+    assert scored["text"] == prompt and scored["finish_reason"] == "length"
+    assert scored["logprobs"]["token_logprobs"] == lp["token_logprobs"][: len(ids)]  # the prompt alone
+
+
+async def _score_only(tmp_path: Path, gpt: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """``max_tokens: 0`` (lm-eval-harness's loglikelihood request): the prompt's choice, streamed or
+    not, and a chat request's 0 refused."""
+    async for client in serve(tmp_path, gpt_runtime(gpt)):
+        r = await client.post("/v1/completions", json=body)
+        streamed = await client.post("/v1/completions", json={**body, "stream": True})
+        plain = await client.post("/v1/completions", json={**body, "echo": False, "logprobs": None})
+        chat = await client.post("/v1/chat/completions", json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 0
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    assert [e["choices"][0]["finish_reason"] for e in events] == ["length"]
+    assert events[0]["choices"][0]["logprobs"] == r.json()["choices"][0]["logprobs"]
+    assert plain.json()["choices"][0] | {"index": 0} == {"text": "", "index": 0, "logprobs": None,
+                                                         "finish_reason": "length"}  # fmt: skip
+    assert chat.status_code == 400
+    return dict(r.json()["choices"][0])
 
 
 async def test_max_tokens_past_the_context_is_refused_as_openai_does(

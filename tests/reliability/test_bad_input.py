@@ -277,8 +277,8 @@ def test_limits_are_enforced_with_a_clear_error(
                 "context",
             ),
             (
-                "max_tokens of 0",
-                lambda c: c.post("/v1/completions", json={"model": GPT, "prompt": "hi", "max_tokens": 0}),
+                "max_tokens of -1",  # 0 is OpenAI's "score the prompt only" (test_openai_params.py)
+                lambda c: c.post("/v1/completions", json={"model": GPT, "prompt": "hi", "max_tokens": -1}),
                 400,
                 "max_tokens",
             ),

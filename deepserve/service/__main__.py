@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from deepserve.service.app import create_app
 from deepserve.service.dataplane import DataPlane
+from deepserve.service.devices import startup_problem
 from deepserve.service.grpc_server import GrpcServer, create_grpc_server
 from deepserve.service.grpc_service import InferenceServicer
 from deepserve.service.logs import configure_logging
@@ -76,10 +77,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if given.get("grpc_port") == 0:
         given["enable_grpc"] = False
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ValidationError as exc:  # a bad DEEPSERVE_* value: one line naming it, exit 2, no traceback
         print(f"deepserve: {settings_error(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
+    missing_gpu = startup_problem(settings.devices)  # a GPU the node lacks: the same one line, exit 2
+    if missing_gpu is not None:
+        print(f"deepserve: {missing_gpu}", file=sys.stderr)
+        raise SystemExit(2)
+    return settings
 
 
 def settings_error(exc: ValidationError) -> str:

@@ -9,8 +9,14 @@ list every model runs on ``DEEPSERVE_DEVICE`` as before. GPU metrics are per dev
 
 A device the machine does not have (``cuda:3`` on a two-GPU node, any ``cuda:N`` where no GPU is
 visible) fails that model's load with one line saying what the machine has, instead of leaving
-ONNX Runtime to fall back to the CPU. The count is CUDA's view: ``CUDA_VISIBLE_DEVICES`` when set
-(CUDA numbers only those), else NVML's; where neither can tell, nothing is checked.
+ONNX Runtime to fall back to the CPU. ``DEEPSERVE_DEVICES`` is checked once more at start
+(``startup_problem``), so a list naming a GPU the node lacks stops the server before any load.
+
+The count is CUDA's view, from the cheapest source that is honest about it (no torch import, and
+onnxruntime has no count API): ``CUDA_VISIBLE_DEVICES`` when set (CUDA numbers only those), else
+NVML's (the ``gpu`` extra installs it), else 0 on a Linux box with no NVIDIA driver at all (no
+``/dev/nvidia*``, no ``/proc/driver/nvidia``: CUDA cannot run there). Where none of them can
+tell (a driver but no NVML, not Linux), nothing is checked.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from deepserve.handlers.base import ModelLoadError
 
@@ -53,6 +61,13 @@ def visible_gpus() -> int | None:
                 break
             count += 1
         return count
+    counted = _nvml_count()
+    if counted is not None:
+        return counted
+    return 0 if driverless() else None
+
+
+def _nvml_count() -> int | None:
     try:
         import pynvml
 
@@ -61,17 +76,50 @@ def visible_gpus() -> int | None:
             return int(pynvml.nvmlDeviceGetCount())
         finally:
             pynvml.nvmlShutdown()
-    except Exception:  # no NVML library or no driver: a CPU box, or one that cannot say
+    except Exception:  # no nvidia-ml-py, or no NVML library / driver: the device nodes may tell
         return None
+
+
+def driverless(dev: Path = Path("/dev"), proc: Path = Path("/proc/driver/nvidia")) -> bool:
+    """True on a Linux box with no NVIDIA driver at all: no ``nvidia*`` node under ``dev`` and no
+    ``proc`` entry. Only that answer is trusted: where the driver is loaded, per-GPU nodes can be
+    made lazily (nvidia-modprobe at the first CUDA call), so counting them could refuse a real GPU."""
+    if not sys.platform.startswith("linux") or not dev.is_dir():
+        return False
+    try:
+        return not proc.exists() and not any(node.name.startswith("nvidia") for node in dev.iterdir())
+    except OSError:  # an unreadable /dev: cannot tell
+        return False
 
 
 def check_device(model: str, device: str, visible: int | None) -> None:
     """Refuse a ``cuda:N`` the machine does not have (``visible`` GPUs; None: not checked)."""
+    problem = missing_device(device, visible)
+    if problem is not None:
+        raise ModelLoadError(f"model {model}: {problem}")
+
+
+def missing_device(device: str, visible: int | None) -> str | None:
+    """``device cuda:3 is not on this machine, which has ...`` when it is not there, else None."""
     found = _DEVICE.match(device.removeprefix("cuda:")) if device.startswith("cuda:") else None
     if found is None or visible is None or int(found.group(1)) < visible:
-        return
+        return None
     has = "no visible GPU" if visible == 0 else f"{visible} visible GPU(s), cuda:0..cuda:{visible - 1}"
-    raise ModelLoadError(f"model {model}: device {device} is not on this machine, which has {has}")
+    return f"device {device} is not on this machine, which has {has}"
+
+
+def startup_problem(devices: str, visible: Callable[[], int | None] | None = None) -> str | None:
+    """One line for ``DEEPSERVE_DEVICES`` naming a GPU the node lacks, else None (the count is only
+    asked for when the list is not empty: a CPU server never looks)."""
+    listed = parse_devices(devices)
+    if not listed:
+        return None
+    count = (visible or visible_gpus)()
+    for device in listed:
+        problem = missing_device(device, count)
+        if problem is not None:
+            return f"DEEPSERVE_DEVICES: {problem} (got {devices!r})"
+    return None
 
 
 class DevicePlacer:

@@ -6,6 +6,8 @@ examples of its docs/management_api.md. What differs, because deepserve is one p
 - a model runs one worker (its batcher's thread): ``minWorkers`` / ``maxWorkers`` are 1, and
   ``workers`` lists it while the model serves (none while it loads or after it failed);
 - ``memoryUsage`` is 0 (memory is the process's, not a model's), ``pid`` is the server's;
+- a worker's ``gpu`` / ``gpuUsage`` say the GPU the model was placed on (``gpuId::1``, TorchServe's
+  prefix of that string, without its NVML figures: those are the ``deepserve_gpu_*`` gauges);
 - ``modelVersion`` is the store's integer version ("1", "2"), not the archive's manifest version;
 - ``batchSize`` / ``maxBatchDelay`` are what the batcher runs with (the server's
   ``DEEPSERVE_MAX_BATCH_SIZE`` caps a model's own batch size).
@@ -76,15 +78,26 @@ def describe(plane: DataPlane, entry: ModelEntry, started: float, at_startup: bo
 
 
 def _worker(plane: DataPlane, entry: ModelEntry, started: float) -> dict[str, Any]:
+    gpu = _gpu_id(getattr(entry.handler, "device", None) or plane.settings.resolved_device())
     return {
         "id": f"{entry.name}-{entry.version}",
         "startTime": _java_date(started),
         "status": "READY" if entry.state == "ready" else "UNLOADING",
         "memoryUsage": 0,
         "pid": os.getpid(),
-        "gpu": plane.settings.resolved_device() == "cuda",
-        "gpuUsage": "N/A",
+        "gpu": gpu is not None,
+        "gpuUsage": "N/A" if gpu is None else f"gpuId::{gpu}",
     }
+
+
+def _gpu_id(device: object) -> int | None:
+    """The GPU of a handler's device (cuda:1 -> 1, plain cuda -> 0); None on the CPU. The handler's,
+    not the server's: DEEPSERVE_DEVICES puts models on different GPUs."""
+    text = str(device)
+    if not text.startswith("cuda"):
+        return None
+    index = text.removeprefix("cuda").removeprefix(":")
+    return int(index) if index.isdigit() else 0
 
 
 def _java_date(at: float) -> str:

@@ -215,7 +215,7 @@ class Registry:
             self.metrics.model_ready.labels(name, str(version)).set(0)
             return
         self.metrics.model_load_seconds.labels(name, str(version)).set(entry.load_seconds)
-        log.info("model %s version %s ready in %.2f s", name, version, entry.load_seconds)
+        log.info("model %s version %s ready in %.2f s on %s", name, version, entry.load_seconds, device)
 
     def _build_handler(self, name: str, version_dir: Path, device: str) -> Handler:
         from deepserve.handlers import load_handler

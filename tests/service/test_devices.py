@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 from pydantic import ValidationError
 
 from deepserve.handlers.base import ModelLoadError
 from deepserve.service import devices
-from deepserve.service.devices import DevicePlacer, parse_device, parse_devices, visible_gpus
+from deepserve.service.devices import DevicePlacer, parse_device, parse_devices, startup_problem, visible_gpus
 from deepserve.service.settings import Settings
 
 
@@ -85,3 +88,70 @@ def test_visible_gpus_follow_cuda_visible_devices(
 ) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
     assert visible_gpus() == count
+
+
+def test_only_a_box_without_any_nvidia_driver_counts_as_no_gpu(tmp_path: Path) -> None:
+    dev, proc = tmp_path / "dev", tmp_path / "proc-driver-nvidia"
+    dev.mkdir()
+    for name in ("null", "nvme0", "tty0"):
+        (dev / name).touch()
+    assert devices.driverless(dev, proc)
+    (dev / "nvidiactl").touch()  # a driver, its per-GPU nodes not made yet: cannot tell
+    assert not devices.driverless(dev, proc)
+    (dev / "nvidiactl").unlink()
+    proc.mkdir()
+    assert not devices.driverless(dev, proc)
+    assert not devices.driverless(tmp_path / "absent", proc)
+
+
+def test_without_cuda_visible_devices_nvml_then_the_driver_tell(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(devices, "_nvml_count", lambda: None)
+    monkeypatch.setattr(devices, "driverless", lambda: True)
+    assert visible_gpus() == 0  # a Linux box without the NVIDIA driver: any cuda:N is refused
+    monkeypatch.setattr(devices, "driverless", lambda: False)
+    assert visible_gpus() is None  # a driver but no NVML: not checked
+    monkeypatch.setattr(devices, "_nvml_count", lambda: 4)
+    assert visible_gpus() == 4  # NVML first when it answers
+
+
+def test_startup_names_the_gpu_the_node_lacks() -> None:
+    assert startup_problem("", visible=lambda: pytest.fail("a CPU server must not count GPUs")) is None
+    assert startup_problem("cuda:0,cuda:1", visible=lambda: 2) is None
+    assert startup_problem("cuda:0,cuda:5", visible=lambda: None) is None  # cannot tell: not second-guessed
+    assert startup_problem("0,2", visible=lambda: 2) == (
+        "DEEPSERVE_DEVICES: device cuda:2 is not on this machine, which has 2 visible GPU(s), "
+        "cuda:0..cuda:1 (got '0,2')"
+    )
+
+
+def test_a_devices_list_the_node_lacks_stops_serve_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deepserve.service.__main__ import main
+
+    monkeypatch.setenv("DEEPSERVE_DEVICES", "cuda:0,cuda:1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # what a pod without a GPU limit is given
+    with pytest.raises(SystemExit) as stopped:
+        main(["--store", str(tmp_path)])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("deepserve: DEEPSERVE_DEVICES: device cuda:0 is not on this machine, which has no "
+                   "visible GPU (got 'cuda:0,cuda:1')")  # fmt: skip
+
+
+def test_describe_names_the_gpu_each_model_was_placed_on() -> None:
+    from deepserve.service.management_describe import _worker
+
+    def worker(handler_device: str | None, server_device: str) -> tuple[bool, str]:
+        entry = SimpleNamespace(
+            name="m", version=1, state="ready", handler=SimpleNamespace(device=handler_device)
+        )
+        plane = SimpleNamespace(settings=SimpleNamespace(resolved_device=lambda: server_device))
+        got = _worker(plane, entry, started=0.0)  # type: ignore[arg-type]
+        return got["gpu"], got["gpuUsage"]
+
+    assert worker("cuda:1", "cpu") == (True, "gpuId::1")  # the model's GPU, not the server's device
+    assert worker("cuda", "cuda") == (True, "gpuId::0")
+    assert worker("cpu", "cuda") == (False, "N/A")
+    assert worker(None, "cuda") == (True, "gpuId::0")  # a handler that does not say: the server's

@@ -26,7 +26,7 @@ import numpy as np
 
 from deepserve.handlers.base import ModelLoadError
 from deepserve.handlers.io_binding import DeviceBinding, binding_device
-from deepserve.handlers.ort_threads import fewer_threads_if_faster
+from deepserve.handlers.ort_threads import ORT_DTYPES, fewer_threads_if_faster
 from deepserve.handlers.runtime import Runtime, is_cuda
 from deepserve.handlers.trt_plan import TensorrtPlan, plan_tensorrt
 from deepserve.store import ModelSpec, Variant
@@ -35,16 +35,6 @@ log = logging.getLogger(__name__)
 
 FP16_DISABLED_OPTIMIZERS = ["NchwcTransformer"]
 
-# ONNX type strings -> numpy dtypes for the inputs a deepserve graph can have.
-_ORT_DTYPES: dict[str, type[np.generic]] = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(bool)": np.bool_,
-    "tensor(uint8)": np.uint8,
-}
 
 
 def device_index(device: str) -> int:
@@ -157,7 +147,7 @@ class OrtRuntime(Runtime):
                 log.info("%s: %d intra-op thread(s): %s", path.name, self.threads, why)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self._input_dtypes = {i.name: _ORT_DTYPES.get(i.type) for i in self.session.get_inputs()}
+        self._input_dtypes = {i.name: ORT_DTYPES.get(i.type) for i in self.session.get_inputs()}
         self.binding = self._binding(bind_on or binding_device(self.provider), device_index(device))
         self._log_provider(plan)
 

@@ -25,7 +25,8 @@ import numpy as np
 
 SMALL_GRAPH_S = 0.001  # a batch of one under this: one thread
 PROBE_RUNS = 7
-_DTYPES: dict[str, type[np.generic]] = {
+# ONNX type strings -> numpy dtypes for the inputs a deepserve graph can have (ort_runtime casts by it).
+ORT_DTYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
     "tensor(double)": np.float64,
@@ -42,7 +43,7 @@ def probe_feeds(session: Any) -> dict[str, np.ndarray] | None:
     sequence: one token is no measure of 128)."""
     feeds = {}
     for arg in session.get_inputs():
-        dtype = _DTYPES.get(arg.type)
+        dtype = ORT_DTYPES.get(arg.type)
         free = [i for i, d in enumerate(arg.shape) if not (isinstance(d, int) and d >= 0)]
         if dtype is None or free not in ([], [0]):
             return None

@@ -1,9 +1,9 @@
 """Greedy generation through an explicit-KV-cache step graph, checked against eager full recompute.
 
 The step graph follows one of the two cache contracts of ``handlers/kv_contract.py`` (in-place for
-the zoo GPT, concat for imported Hugging Face LMs); the cache is kept whole on the host here. Prompts
-of different lengths share one batch (left-padded, masked), as the server's continuous batching does.
-"""
+the zoo GPT and imported Hugging Face LMs, concat for versions exported before it); the cache is
+kept whole on the host here. Prompts of different lengths share one batch (left-padded, masked), as
+the server's continuous batching does."""
 
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ Hugging Face causal LM: GPT-2's byte-level BPE, ...); the model's end-of-text id
 come from model.json ``generation``.
 
 The graph (model_store/README.md, graph conventions) is one call for prefill and decode, with the
-KV cache passed in and out under one of two contracts (``kv_contract.py``): in-place (the zoo GPT:
-per-layer pasts in, new columns out, the cache kept in ``slot_cache.SlotCache`` and never copied)
-or concat (imported Hugging Face LMs: ``present`` = past + new, ``concat_cache.BatchCache``).
+KV cache passed in and out under one of two contracts (``kv_contract.py``): in-place (the zoo GPT
+and imported Hugging Face LMs: per-layer pasts in, new columns out, the cache kept in
+``slot_cache.SlotCache`` and never copied)
+or concat (versions exported before it: ``present`` = past + new, ``concat_cache.BatchCache``).
 ``open_cache`` gives the cache that fits the loaded graph; both have one interface.
 
 ``service/engine.py`` runs the continuous-batching scheduler on top of that cache; this module keeps

@@ -3,11 +3,12 @@
 Both take ``input_ids``, ``position_ids`` (B, T) and ``attention_mask`` (B, P+T) and return
 ``logits`` (B, T, V); they differ in how the cache goes in and comes out:
 
-- **in-place** (the zoo GPT): ``past_key_0 .. past_key_{L-1}, past_value_0 .. past_value_{L-1}``,
+- **in-place** (the zoo GPT, imported Hugging Face causal LMs): ``past_key_0 .. past_key_{L-1},
+  past_value_0 .. past_value_{L-1}``,
   one (B, H, P, Dh) input per layer, and ``new_key``, ``new_value`` (L, B, H, T, Dh): the new columns
   only. The caller owns the cache and writes those columns into it; per-layer inputs let it pass
   views of its own buffers, so no step copies the cache (``slot_cache.py``).
-- **concat** (imported Hugging Face causal LMs, and stores exported before the in-place contract):
+- **concat** (stores exported before the in-place contract, Hugging Face imports included):
   ``past_key``, ``past_value`` (L, B, H, P, Dh) and ``present_key``, ``present_value``
   (L, B, H, P+T, Dh): past and new joined inside the graph, one copy of the cache per step
   (``concat_cache.py``).

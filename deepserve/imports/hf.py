@@ -103,20 +103,9 @@ def _signature(
         with torch.no_grad():
             dim = int(module(ids, torch.ones_like(ids)).shape[-1])
         return text_in, [TensorSpec(name="sentence_embedding", datatype="FP32", shape=[-1, dim])]
-    from deepserve.imports.hf_modules import cache_geometry
+    from deepserve.imports.hf_export import step_signature
 
-    L, H, Dh = cache_geometry(config)
-    steps = [TensorSpec(name=n, datatype="INT64", shape=[-1, -1]) for n in ("input_ids", "position_ids")]
-    cache = [
-        TensorSpec(name=n, datatype="FP32", shape=[L, -1, H, -1, Dh]) for n in ("past_key", "past_value")
-    ]
-    mask = TensorSpec(name="attention_mask", datatype="INT64", shape=[-1, -1])
-    logits = TensorSpec(name="logits", datatype="FP32", shape=[-1, -1, int(config.vocab_size)])
-    presents = [
-        TensorSpec(name=n, datatype="FP32", shape=[L, -1, H, -1, Dh])
-        for n in ("present_key", "present_value")
-    ]
-    return [*steps, mask, *cache], [logits, *presents]
+    return step_signature(config)  # the in-place KV-cache contract, as the zoo GPT's
 
 
 def _generation(folder: HFFolder, config: Any, context: int) -> GenerationDefaults:

@@ -4,11 +4,12 @@
     classification   SequenceLogits(input_ids, attention_mask)             -> logits (B, K)
     embedding        PooledEncoder(input_ids, attention_mask)              -> sentence_embedding (B, D)
     text-generation  CausalLMStep(input_ids, position_ids, attention_mask,
-                                  past_key, past_value)                    -> logits (B, T, V),
-                                                                              present_key, present_value
+                                  past_key_0 .., past_value_0 ..)          -> logits (B, T, V),
+                                                                              new_key, new_value
 
-``CausalLMStep`` is the generation handler's step contract (handlers/generation.py): the KV cache
-travels as two stacked tensors (L, B, H, P, Dh) and becomes transformers' cache object inside.
+``CausalLMStep`` is the in-place cache contract of the generation handler (handlers/kv_contract.py),
+the zoo GPT's: one (B, H, P, Dh) past per layer in, only the new columns (L, B, H, T, Dh) out, so
+the server keeps the cache in its own slot buffers; inside, the pasts become transformers' cache object.
 Pooling follows a sentence-transformers folder (modules.json + its Pooling config, a Normalize
 module); a plain encoder folder gets masked mean pooling without normalisation.
 """
@@ -117,7 +118,17 @@ class SequenceLogits(nn.Module):
 
 
 class CausalLMStep(nn.Module):
-    """One cached forward of a causal LM with the cache as stacked tensors (L, B, H, P, Dh)."""
+    """One cached forward of a causal LM over the in-place cache contract (handlers/kv_contract.py).
+
+    ``forward(input_ids, position_ids, attention_mask, past_key_0 .. past_key_{L-1}, past_value_0 ..)``
+    (one ``*inputs``, as the zoo GPT's step: the number of cache inputs depends on the depth), each
+    past (B, H, P, Dh), returns ``logits`` (B, T, V) and ``new_key``, ``new_value`` (L, B, H, T, Dh):
+    the new columns only, which the server writes into its own cache buffers.
+
+    Versions imported with ``--runtime torch`` before the in-place contract name the concat inputs in
+    their model.json and call it with the stacked cache ``past_key, past_value`` (L, B, H, P, Dh); a
+    5-D past says so, and the step then returns the whole ``present_key, present_value`` as they expect.
+    """
 
     def __init__(self, lm: nn.Module) -> None:
         from transformers import DynamicCache  # resolved once, here: see _LOADING
@@ -129,23 +140,62 @@ class CausalLMStep(nn.Module):
         self._cache_arg = (
             "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
         )
+        self.split_attention = False  # transformers' own attention until use_split_attention()
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,  # (B, T)
-        position_ids: torch.Tensor,  # (B, T)
-        attention_mask: torch.Tensor,  # (B, P+T)
-        past_key: torch.Tensor,  # (L, B, H, P, Dh)
-        past_value: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        layers = [(past_key[i], past_value[i]) for i in range(past_key.shape[0])]
-        cache = self._cache_type(layers, config=self.lm.config)
-        out = self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                      use_cache=True, **{self._cache_arg: cache})  # fmt: skip
+    def use_split_attention(self, on: bool = True) -> bool:
+        """Attend to the past and the new columns apart (hf_attention), so that the exported graph never
+        copies the cache; whether it is on (False: the model's attention does not allow it)."""
+        from deepserve.imports import hf_attention
+
+        self.split_attention = on and hf_attention.enable(self.lm)
+        return self.split_attention
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        input_ids, position_ids, attention_mask, *past = inputs  # (B, T), (B, T), (B, P+T), pasts
+        tokens = (input_ids, position_ids, attention_mask)
+        if len(past) == 2 and past[0].dim() == 5:  # the concat contract: (L, B, H, P, Dh) x 2
+            logits, keys, values = self._joined(*tokens, list(zip(past[0], past[1], strict=True)))
+            return logits, torch.stack(keys), torch.stack(values)  # (L, B, H, P+T, Dh)
+        layers = len(past) // 2
+        if layers == 0 or len(past) != 2 * layers:  # the number of inputs: fixed when traced
+            raise ValueError(f"the step takes n_layer past keys, then n_layer values; got {len(past)}")
+        pasts = list(zip(past[:layers], past[layers:], strict=True))
+        if self.split_attention:
+            logits, keys, values = self._split(*tokens, pasts)
+            return logits, torch.stack(keys), torch.stack(values)  # (L, B, H, T, Dh)
+        P = past[0].shape[2]
+        logits, keys, values = self._joined(*tokens, pasts)  # past and new joined: keep the new columns
+        return logits, torch.stack([k[:, :, P:] for k in keys]), torch.stack([v[:, :, P:] for v in values])
+
+    def _split(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+        layers: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
+        """Logits and every layer's new keys and values (B, H, T, Dh), the pasts only read."""
+        from deepserve.imports.hf_attention import SplitCache
+
+        state = SplitCache(layers)
+        with state.active() as cache:
+            logits = self._forward(input_ids, position_ids, attention_mask, cache).logits
+        return logits, *state.new_columns()
+
+    def _joined(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+        layers: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
+        """transformers' own cache: logits and every layer's keys and values (B, H, P+T, Dh)."""
+        # no config: every layer a full DynamicLayer (a sliding-window layer would drop old columns
+        # from what it returns; the window is the attention mask's business)
+        cache = self._cache_type(layers)
+        out = self._forward(input_ids, position_ids, attention_mask, cache)
         present = out.cache if self._cache_arg == "cache" else out.past_key_values
-        keys = torch.stack([layer.keys for layer in present.layers])  # (L, B, H, P+T, Dh)
-        values = torch.stack([layer.values for layer in present.layers])
+        keys, values = [layer.keys for layer in present.layers], [layer.values for layer in present.layers]
         return out.logits, keys, values
+
+    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 cache: Any) -> Any:  # fmt: skip
+        return self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                       use_cache=True, **{self._cache_arg: cache})  # fmt: skip
 
 
 def cache_geometry(config: Any) -> tuple[int, int, int]:

@@ -249,3 +249,56 @@ async def test_inline_mode_goes_back_to_the_thread_as_soon_as_requests_batch(sum
     assert sum(size for size, _ in later) == 6 and max(size for size, _ in later) > 1
     assert all(name.startswith("model-sum") for _, name in later)  # none of them inline
     await batcher.stop()
+
+
+async def test_a_full_batch_waiting_is_queued_behind_the_running_one(sum_handler: SumHandler) -> None:
+    """Under overload the next full batch is handed to the worker thread while the first still
+    runs (it starts the moment the first ends, without waiting for the event loop); the model still
+    runs one batch at a time and every caller gets its own answer."""
+    import threading
+
+    running, most = 0, 0
+    guard = threading.Lock()
+    original = sum_handler.predict_batch
+
+    def counting(items: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        nonlocal running, most
+        with guard:
+            running += 1
+            most = max(most, running)
+        try:
+            return original(items)
+        finally:
+            with guard:
+                running -= 1
+
+    batcher = DynamicBatcher(counting, model="sum", max_batch_size=4)
+    sum_handler.release.clear()
+    tasks = [asyncio.create_task(batcher.submit(rows(i))) for i in range(10)]
+    await batcher.start()  # all ten are queued when the owner first looks
+    await asyncio.sleep(0.05)
+    assert len(batcher._queue) == 2  # 4 running, the next 4 already in the thread, 2 wait
+    sum_handler.release.set()
+    results = await asyncio.gather(*tasks)
+    assert [float(r["total"][0, 0]) for r in results] == [3.0 * i for i in range(10)]
+    assert sum_handler.batches == [4, 4, 2]
+    assert most == 1
+    await batcher.stop()
+
+
+async def test_a_partial_batch_is_not_cut_early(sum_handler: SumHandler) -> None:
+    """Fewer requests than a batch waiting: they are not cut while the model is busy, so the ones
+    that arrive before it is free still join them."""
+    batcher = await _started(sum_handler, max_batch_size=8)
+    sum_handler.release.clear()
+    first = asyncio.create_task(batcher.submit(rows(0)))
+    await asyncio.sleep(0.05)
+    early = [asyncio.create_task(batcher.submit(rows(i))) for i in range(1, 4)]
+    await asyncio.sleep(0.05)
+    assert len(batcher._queue) == 3
+    late = [asyncio.create_task(batcher.submit(rows(i))) for i in range(4, 7)]
+    await asyncio.sleep(0.05)
+    sum_handler.release.set()
+    await asyncio.gather(first, *early, *late)
+    assert sum_handler.batches == [1, 6]
+    await batcher.stop()

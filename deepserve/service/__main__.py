@@ -26,6 +26,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from deepserve.service import heap
 from deepserve.service.app import create_app
 from deepserve.service.dataplane import DataPlane
 from deepserve.service.devices import startup_problem
@@ -205,6 +206,9 @@ async def serve(settings: Settings, worker: WorkerSpec | None = None) -> int:
             sock.close()
         return _cannot_bind(exc)
     plane = DataPlane(settings, worker=worker)
+    if settings.gc_tuning:
+        heap.tune()
+        plane.registry.after_change = heap.settle
     http = _Uvicorn(_uvicorn_config(create_app(plane), settings))
     management = _ManagementServer(plane, settings, management_sockets) if management_sockets else None
     grpc_server = None

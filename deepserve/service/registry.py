@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -83,6 +84,8 @@ class Registry:
         self.remote = RemoteStore(uri, settings.model_store) if uri is not None else None
         # deepserve.service.devices: which GPU each model lands on (resolved at the first load)
         self.placer: DevicePlacer | None = None
+        # called with what changed after models were loaded or unloaded (the server: heap.settle)
+        self.after_change: Callable[[str], None] | None = None
 
     # -- lookup ----------------------------------------------------------------------------------
     def get(self, name: str, version: str | int | None = None) -> ModelEntry:
@@ -184,6 +187,7 @@ class Registry:
             self._models.setdefault(name, {})[version] = ModelEntry(name, version)
         await asyncio.gather(*(one(n, v) for n, v in plan))
         self.loading_done = True
+        self._changed("the start-up load")
 
     async def add_handler(self, handler: Handler, version: int = 1, engine: Any = None) -> ModelEntry:
         """Serve an already-built handler (tests, embedding the server in a program);
@@ -313,6 +317,7 @@ class Registry:
             self._models[name] = {v: ModelEntry(name, v) for v in versions}
             for version in versions:
                 await self._load_version(name, version)
+            self._changed(f"loading {name}")
             return list(self._models[name].values())
 
     async def unload(self, name: str) -> None:
@@ -321,6 +326,11 @@ class Registry:
             if name not in self._models:
                 raise ModelNotFoundError(f"model {name!r} is not loaded")
             await self._stop_model(name)
+            self._changed(f"unloading {name}")
+
+    def _changed(self, what: str) -> None:
+        if self.after_change is not None:
+            self.after_change(what)
 
     async def _stop_model(self, name: str) -> None:
         entries = list(self._models.get(name, {}).values())

@@ -40,7 +40,7 @@ def _topics(meta: dict[str, Any]) -> Rows:
     length = int(prep["max_length"])
     if prep.get("tokenizer", "bytes") == "bytes":
         ids, mask = topic_snippets(length=length, topics=topics).test.tensors[:2]
-    else:  # the same 128-byte test snippets through the checkpoint's own tokenizer.json
+    else:  # the same test snippets (subword_snippets, its default length) through its own tokenizer.json
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_str(meta["assets"][prep.get("tokenizer_file") or "tokenizer.json"])

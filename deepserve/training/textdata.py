@@ -65,18 +65,43 @@ def topic_corpus() -> bytes:
     return b"\n\n".join(topics_text().values())
 
 
+SPLIT_CUTS = (0.8, 0.9)  # each topic's text: train up to 80 %, val to 90 %, test the rest
+
+
+def snippet_spans(
+    n_bytes: int, length: int, train_stride: int | None = None
+) -> dict[str, list[tuple[int, int]]]:
+    """[start, end) byte spans of one topic's ``length``-byte windows, by split.
+
+    The text is cut at ``SPLIT_CUTS`` by position and each part is windowed on its own, so no
+    window straddles a cut and no training window holds a val / test byte. Train windows step
+    ``train_stride`` (default half a window; overlapping windows act as random-crop augmentation).
+    Val / test windows step half a window too, inside their own part: twice the scored snippets
+    (every byte is scored at two offsets), which averages out where a window happens to start.
+    They are not independent: a 10 % part still holds only ``len(part) / length`` windows of
+    distinct text, so the accuracy's spread is wider than the row count suggests.
+    """
+    a, b = (int(n_bytes * cut) for cut in SPLIT_CUTS)
+    eval_stride = max(1, length // 2)
+    parts = {
+        "train": (0, a, train_stride or length // 2),
+        "val": (a, b, eval_stride),
+        "test": (b, n_bytes, eval_stride),
+    }
+    return {
+        split: [(s, s + length) for s in range(lo, hi - length + 1, step)]
+        for split, (lo, hi, step) in parts.items()
+    }
+
+
 def topic_snippets(
     n_topics: int = 8,
     length: int = 128,
     train_stride: int | None = None,
     topics: tuple[str, ...] | None = None,
 ) -> TaskData:
-    """Snippets of the given reference ``topics`` (default: the ``n_topics`` largest), labelled by topic.
-
-    Each topic's text is cut 80 / 10 / 10 by position; train windows step ``train_stride``
-    (default half a window; overlapping windows act as random-crop augmentation), val / test
-    windows do not overlap.
-    """
+    """``length``-byte snippets of the given reference ``topics`` (default: the ``n_topics``
+    largest), labelled by topic, split by position as ``snippet_spans`` says."""
     every = topics_text()
     missing = [t for t in topics or () if t not in every]
     if missing:
@@ -90,13 +115,8 @@ def topic_snippets(
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"train": [], "val": [], "test": []}
     for name, data in texts:
         ids, y = as_ids(data), labels.index(name)
-        a, b = int(len(ids) * 0.8), int(len(ids) * 0.9)
-        for split, chunk, stride in (
-            ("train", ids[:a], train_stride or length // 2),
-            ("val", ids[a:b], length),
-            ("test", ids[b:], length),
-        ):
-            w = windows(chunk, length, stride)
+        for split, spans in snippet_spans(len(ids), length, train_stride).items():
+            w = torch.stack([ids[s:e] for s, e in spans]) if spans else ids.new_zeros((0, length))
             parts[split].append((w, torch.full((len(w),), y)))
 
     def dataset(split: str) -> TensorDataset:
@@ -121,12 +141,17 @@ def snippet_text(window: torch.Tensor) -> str:
     return bytes(window.tolist()).decode("utf-8", errors="ignore")
 
 
+# The MiniLM docs-classifier's snippets (the recipes chose the length on the validation split), and
+# ``subword_snippets``' default: held-out rows rebuilt for a subword checkpoint are its test snippets.
+DOCS_SNIPPET_BYTES = 512
+
+
 def subword_snippets(
     tokenizer: Any,
     max_tokens: int,
     *,
     topics: tuple[str, ...],
-    length: int = 128,
+    length: int = DOCS_SNIPPET_BYTES,
     train_stride: int | None = None,
 ) -> TaskData:
     """``topic_snippets`` (same windows, same splits) tokenised by a ``tokenizers`` tokenizer that

@@ -116,6 +116,30 @@ def test_topic_snippets_use_the_named_topics() -> None:
         topic_snippets(topics=("compound", "no-such-topic"))
 
 
+def _covered(spans: list[tuple[int, int]]) -> set[int]:
+    return {i for start, end in spans for i in range(start, end)}
+
+
+@pytest.mark.parametrize("length", [128, 384])
+def test_scored_snippets_share_no_byte_with_training_snippets(length: int) -> None:
+    """The topic accuracy is honest: no val / test window holds a byte that any training window
+    holds, val and test are apart too, and the snippets are exactly the bytes at those spans."""
+    from deepserve.training.data import as_ids, topics_text
+    from deepserve.training.recipes import DOCS_TOPICS
+    from deepserve.training.textdata import snippet_spans, topic_snippets
+
+    for topic in DOCS_TOPICS:
+        text = topics_text()[topic]
+        spans = snippet_spans(len(text), length)
+        trained, val, test = (_covered(spans[s]) for s in ("train", "val", "test"))
+        assert val and test and not (trained & val) and not (trained & test) and not (val & test), topic
+        assert spans["val"][1][0] - spans["val"][0][0] == length // 2  # scored windows overlap by half
+        data, ids = topic_snippets(length=length, topics=(topic,)), as_ids(text)
+        for split in ("train", "val", "test"):
+            expected = torch.stack([ids[start:end] for start, end in spans[split]])
+            assert torch.equal(getattr(data, split).tensors[0], expected), (topic, split)
+
+
 @pytest.mark.parametrize("flag, field", [("--patience", "patience"), ("--grad-clip", "grad_clip")])
 def test_zero_turns_early_stopping_and_clipping_off(flag: str, field: str, tmp_path: Path) -> None:
     """`--patience 0` / `--grad-clip 0` are documented as "off": the recipe's value must not survive."""

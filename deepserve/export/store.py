@@ -4,19 +4,23 @@ Each recipe is trained once into ``<store>/.checkpoints/<recipe>[-quick]/`` and 
 file there records fingerprints of the recipe and of the code that trained and exported it, so a
 second run reuses every model that is still up to date and redoes only what changed.
 
-Default builds train each recipe under its wall-clock budget (``Recipe.store_seconds``; the
-whole store then builds in about five minutes on 2 cores) and write every export variant (the
-slow ones cost 1-2 s per model, measured: not worth skipping). ``--full`` trains without the
-budget. The budget is part of the stamp, so changing it retrains.
+Default builds train each recipe under its wall-clock budget (``Recipe.store_seconds``) and
+write every export variant (the slow ones cost 1-2 s per model, measured: not worth skipping).
+Training runs on one thread, so the recipe with the longest budget (docs-classifier) trains in a
+process of its own beside the others (``_aside``). ``--full`` trains without the budget. The budget
+is part of the stamp, so changing it retrains.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import hashlib
 import importlib.util
 import json
+import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +30,7 @@ from typing import Any
 from deepserve.export.errors import ExportError
 
 MINILM = "minilm"
+ASIDE_SECONDS = 120  # a budget this long trains in a process of its own (``_aside``)
 CODE_DIRS = {"train": ("models", "training"), "export": ("export",)}
 REPO = Path(__file__).resolve().parent.parent
 
@@ -207,18 +212,70 @@ def build_store(
     if unknown:
         raise ExportError(f"unknown store model(s) {', '.join(unknown)}; built-in: {', '.join(known)}")
     console = Console(stderr=True, quiet=progress is False)
+    aside = _aside(store, names, quick, full, threads)
     written: list[Path] = []
-    for i, name in enumerate(names, 1):
-        start, step = time.perf_counter(), f"[{i}/{len(names)}]"
-        # plain lines, not a spinner: the trainer draws its own progress bar underneath
-        with torch_threads(threads):
-            paths, reused = build_one(
-                store, name, quick=quick, full=full, log=lambda msg, s=step: console.print(f"{s} {msg}")
-            )
-        state = "up to date" if reused else f"built in {time.perf_counter() - start:.1f} s"
-        console.print(f"{step} {name}: {state} -> {', '.join(str(p) for p in paths)}")
-        written += paths
+    with contextlib.ExitStack() as stack:
+        apart = None
+        if aside is not None:
+            spawn = multiprocessing.get_context("spawn")  # a fresh torch, not a fork of this one
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn))
+            apart = pool.submit(_build_aside, store, aside, full, threads, progress)
+        for i, name in enumerate(n for n in names if n != aside):
+            step = f"[{i + 1}/{len(names) - bool(aside)}]"
+            written += _build_logged(store, name, quick, full, threads, console, step)
+        if apart is not None:
+            console.print(f"{_aside_label(aside)} still training in its own process: waiting for it")
+            written += apart.result()
     return written
+
+
+def _build_logged(
+    store: Path, name: str, quick: bool, full: bool, threads: int | None, console: Any, step: str
+) -> list[Path]:
+    start = time.perf_counter()
+    # plain lines, not a spinner: the trainer draws its own progress bar underneath
+    with torch_threads(threads):
+        paths, reused = build_one(
+            store, name, quick=quick, full=full, log=lambda msg: console.print(f"{step} {msg}")
+        )
+    state = "up to date" if reused else f"built in {time.perf_counter() - start:.1f} s"
+    console.print(f"{step} {name}: {state} -> {', '.join(str(p) for p in paths)}")
+    return paths
+
+
+def _aside(store: Path, names: list[str], quick: bool, full: bool, threads: int | None) -> str | None:
+    """The recipe to train in a process of its own beside the others, or None.
+
+    Training runs on one thread (``torch_threads``), so a build on two cores left one idle: the
+    recipe with the longest budget (docs-classifier's MiniLM fine-tune, more than the rest
+    together) trains beside the others when it has to train at all. Not for quick builds (the
+    tests' store: seconds), ``--full`` (no budgets to compare), more threads than one, or one core.
+    """
+    if quick or full or (threads or 1) > 1 or (os.cpu_count() or 1) < 2 or len(names) < 2:
+        return None
+    budgets = {n: budget_for(n, quick, full) or 0.0 for n in names}
+    longest = max(budgets, key=lambda n: budgets[n])
+    if budgets[longest] < ASIDE_SECONDS:
+        return None
+    fps = _fingerprints(longest, quick, full)
+    up_to_date = _current(_read_stamp(_stamp_path(store, longest, quick)), store, fps[1]) is not None
+    return None if up_to_date else longest
+
+
+def _build_aside(
+    store: Path, name: str, full: bool, threads: int | None, progress: bool | None
+) -> list[Path]:
+    """``_build_logged`` in the spawned process (its own torch, its own console)."""
+    from rich.console import Console
+
+    console = Console(stderr=True, quiet=progress is False)
+    return _build_logged(store, name, False, full, threads, console, _aside_label(name))
+
+
+def _aside_label(name: str) -> str:
+    from rich.markup import escape
+
+    return escape(f"[{name}]")  # rich would read a bare [name] as a style tag and drop it
 
 
 def main(argv: list[str] | None = None) -> int:

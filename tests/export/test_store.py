@@ -118,3 +118,20 @@ def test_full_build_has_no_budget_and_threads_are_restored() -> None:
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_longest_budget_trains_beside_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training uses one thread, so on two cores the recipe with the longest budget gets a process
+    of its own, only when it has to train and only for budgeted one-thread builds."""
+    from deepserve.training import recipes
+
+    monkeypatch.setattr(store_mod.os, "cpu_count", lambda: 2)
+    names = ["tabular-mlp", "docs-classifier", "minilm"]
+    assert recipes.RECIPES["docs-classifier"].store_seconds >= store_mod.ASIDE_SECONDS
+    assert store_mod._aside(tmp_path, names, False, False, None) == "docs-classifier"
+    assert store_mod._aside(tmp_path, names, True, False, None) is None  # quick: seconds each
+    assert store_mod._aside(tmp_path, names, False, True, None) is None  # --full: no budgets
+    assert store_mod._aside(tmp_path, names, False, False, 2) is None  # the cores are taken
+    assert store_mod._aside(tmp_path, ["tabular-mlp", "minilm"], False, False, None) is None  # short budgets
+    monkeypatch.setattr(store_mod.os, "cpu_count", lambda: 1)
+    assert store_mod._aside(tmp_path, names, False, False, None) is None

@@ -17,6 +17,7 @@ is how the binding logic (names, dtypes, shapes, device) is tested on a machine 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,17 +85,11 @@ class DeviceBinding:
     def _bind_inputs(self, binding: Any, feeds: dict[str, np.ndarray]) -> None:
         import onnxruntime as ort
 
-        plan = plan_inputs(feeds, self.device_type, self.device_id)
-        if self.staging is None:
-            for bound in plan:
-                value = ort.OrtValue.ortvalue_from_numpy(
-                    feeds[bound.name], bound.device_type, bound.device_id
-                )
-                binding.bind_ortvalue_input(bound.name, value)
-            return
-        with self.staging.lock:  # the copy out of a staged buffer is done when ortvalue_from_numpy returns
-            for bound in plan:
-                host = self.staging.stage(bound.name, feeds[bound.name])
+        staging = self.staging
+        # the copy out of a staged buffer is done when ortvalue_from_numpy returns: hold the lock that long
+        with staging.lock if staging is not None else contextlib.nullcontext():
+            for bound in plan_inputs(feeds, self.device_type, self.device_id):
+                host = feeds[bound.name] if staging is None else staging.stage(bound.name, feeds[bound.name])
                 value = ort.OrtValue.ortvalue_from_numpy(host, bound.device_type, bound.device_id)
                 binding.bind_ortvalue_input(bound.name, value)
 

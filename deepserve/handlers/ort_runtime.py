@@ -27,18 +27,13 @@ import numpy as np
 from deepserve.handlers.base import ModelLoadError
 from deepserve.handlers.io_binding import DeviceBinding, binding_device
 from deepserve.handlers.ort_threads import ORT_DTYPES, fewer_threads_if_faster
-from deepserve.handlers.runtime import Runtime, is_cuda
+from deepserve.handlers.runtime import Runtime, device_index, is_cuda
 from deepserve.handlers.trt_plan import TensorrtPlan, plan_tensorrt
 from deepserve.store import ModelSpec, Variant
 
 log = logging.getLogger(__name__)
 
 FP16_DISABLED_OPTIMIZERS = ["NchwcTransformer"]
-
-
-
-def device_index(device: str) -> int:
-    return int(device.split(":", 1)[1]) if ":" in device else 0
 
 
 def tensorrt_options(device_id: int, plan: TensorrtPlan) -> dict[str, Any]:

@@ -83,6 +83,11 @@ def is_cuda(device: str) -> bool:
     return device == "cuda" or device.startswith("cuda:")
 
 
+def device_index(device: str) -> int:
+    """The GPU number of ``cuda:N`` (plain ``cuda`` is 0)."""
+    return int(device.split(":", 1)[1]) if ":" in device else 0
+
+
 def torch_available() -> bool:
     """Whether torch is installed (without importing it: a serving process never loads it for ONNX)."""
     return importlib.util.find_spec("torch") is not None

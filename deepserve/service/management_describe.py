@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deepserve.handlers.runtime import device_index, is_cuda
 from deepserve.service.dataplane import DataPlane
 from deepserve.service.errors import ModelNotFoundError
 from deepserve.service.registry import ModelEntry
@@ -94,10 +95,12 @@ def _gpu_id(device: object) -> int | None:
     """The GPU of a handler's device (cuda:1 -> 1, plain cuda -> 0); None on the CPU. The handler's,
     not the server's: DEEPSERVE_DEVICES puts models on different GPUs."""
     text = str(device)
-    if not text.startswith("cuda"):
+    if not is_cuda(text):
         return None
-    index = text.removeprefix("cuda").removeprefix(":")
-    return int(index) if index.isdigit() else 0
+    try:
+        return device_index(text)
+    except ValueError:  # a user handler's own device string: some GPU, which one it does not say
+        return 0
 
 
 def _java_date(at: float) -> str:

@@ -61,23 +61,15 @@ class LogprobsWriter:
             self._offset += len(self._chars.decode(raw))
         return out
 
-    def prompt(self, ids: list[int], logprobs: list[TokenLogprob | None]) -> dict[str, Any]:
-        """The echoed prompt's entries (completions shape): its first token has no logprob (null)."""
-        keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
-        out: dict[str, list[Any]] = {key: [] for key in keys}
-        offset = 0
-        for token, lp in zip(ids, logprobs, strict=True):
-            raw = self._bytes(token)
-            out["tokens"].append(token_text(raw))
-            out["token_logprobs"].append(None if lp is None else lp.logprob)
-            top = None if lp is None else {token_text(self._bytes(t)): p for t, p in lp.top}
-            if top is not None and lp is not None:
-                top.setdefault(token_text(raw), lp.logprob)
-            out["top_logprobs"].append(top)
-            out["text_offset"].append(offset)
-            offset += len(self._chars.decode(raw))
-        self._chars.reset()
-        return out
+    def prompt(self, ids: list[int], scored: list[TokenLogprob]) -> dict[str, Any]:
+        """The echoed prompt's entries (completions shape): its first token, which nothing predicts,
+        with null logprobs, then ``scored``, the logprobs of ``ids[1:]``."""
+        raw = self._bytes(ids[0])
+        head = {"tokens": [token_text(raw)], "token_logprobs": [None], "top_logprobs": [None],
+                "text_offset": [self._offset]}  # fmt: skip
+        self._offset += len(self._chars.decode(raw))
+        rest = self.completion(scored)
+        return {key: head[key] + rest[key] for key in head}
 
     def chat(self, logprobs: list[TokenLogprob]) -> dict[str, Any]:
         content = []
@@ -103,10 +95,10 @@ def token_bytes_of(handler: Any) -> TokenBytes:
     return lambda token: str(token).encode()
 
 
-def prompt_logprobs(logits: np.ndarray, ids: list[int], k: int) -> list[TokenLogprob | None]:
-    """Each prompt token's logprob under the logits before it (``logits`` (T, V), row i predicting
-    token i + 1) and the ``k`` most likely there; None for the first token, which nothing predicts."""
-    return [None] + [token_logprob(logits[i - 1], ids[i], k) for i in range(1, len(ids))]
+def prompt_logprobs(logits: np.ndarray, ids: list[int], k: int) -> list[TokenLogprob]:
+    """The logprob of each prompt token after the first under the logits before it (``logits``
+    (T, V), row i predicting token i + 1), with the ``k`` most likely there."""
+    return [token_logprob(logits[i - 1], ids[i], k) for i in range(1, len(ids))]
 
 
 class ChoiceLogprobs:

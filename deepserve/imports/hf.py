@@ -16,6 +16,7 @@ server runs through the same modules. The tokenizer is always written as ``token
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 from deepserve.imports.base import ImportOptions, SourceError, place, spec_fields, write_version
 from deepserve.imports.hf_folder import HFFolder, eos_id, generation_defaults, max_length, read_folder
 from deepserve.store import GenerationDefaults, ModelSpec, TensorSpec, TextPreprocessing, Variant
+
+log = logging.getLogger(__name__)
 
 HF_DIR = "hf"
 RUNTIMES = ("onnx", "torch")
@@ -62,7 +65,11 @@ def _fill(folder: HFFolder, opts: ImportOptions, runtime: str, tmp: Path, versio
         raise SourceError(f"transformers cannot load {folder.path} as a {folder.task} model: "
                           f"{_line(exc)}") from exc  # fmt: skip
     config = _config(module)
-    length = max_length(folder.path, config)
+    window = module.attention_window
+    length = max_length(folder.path, config, window)
+    if window == length:
+        log.warning("%s attends through a sliding window of %d positions: it is served up to %d tokens, "
+                    "where the exported graph is the model", folder.path.name, length, length)  # fmt: skip
     written = write_tokenizer(folder.path, tmp / "tokenizer.json", max_length=length,
                               pad_fallback=getattr(config, "pad_token_id", None))  # fmt: skip
     tokenizer = TokenizersTokenizer(written.file, length)

@@ -103,10 +103,13 @@ def _labels(config: dict[str, Any], labels_file: Path | None) -> list[str]:
     return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count)]
 
 
-def max_length(folder: Path, config: Any) -> int:
-    """The longest input the model takes: its position table, the tokenizer's model_max_length and a
-    sentence-transformers max_seq_length, whichever is smallest (at most MAX_LENGTH_CAP)."""
+def max_length(folder: Path, config: Any, window: int | None = None) -> int:
+    """The longest input the model takes: its position table, the tokenizer's model_max_length, a
+    sentence-transformers max_seq_length and its sliding attention ``window``, whichever is smallest
+    (at most MAX_LENGTH_CAP)."""
     limits = [MAX_LENGTH_CAP]
+    if window is not None:
+        limits.append(window)
     positions = getattr(config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
         offset = int(config.pad_token_id or 0) + 1 if config.model_type in _OFFSET_POSITIONS else 0
@@ -118,6 +121,22 @@ def max_length(folder: Path, config: Any) -> int:
     if isinstance(st_max, int) and st_max > 0:
         limits.append(st_max)
     return min(limits)
+
+
+def attention_window(config: Any) -> int | None:
+    """How many positions a sliding-window layer attends to (Mistral, Gemma 2/3, Qwen2 with
+    ``use_sliding_window``), or None when every layer sees the whole context.
+
+    Served sequences stop at the window, where sliding and full attention are the same, and the model
+    is served with full attention (``hf_modules.full_attention``): a shorter context, never a wrong one.
+    """
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list | tuple):  # per layer, in recent transformers configs
+        return window if "sliding_attention" in layer_types else None
+    return None if getattr(config, "use_sliding_window", True) is False else window
 
 
 def eos_id(folder: Path, config: Any) -> int | None:

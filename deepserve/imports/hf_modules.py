@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepserve.imports.hf_folder import attention_window
+
 POOLING_MODES = {
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_cls_token": "cls",
@@ -82,7 +84,13 @@ def read_pooling(folder: Path) -> Pooling:
     return Pooling(mode=mode, normalize="Normalize" in kinds, transformer_path=path)
 
 
-class PooledEncoder(nn.Module):
+class ServedModule(nn.Module):
+    """What every module here carries beside its forward."""
+
+    attention_window: int | None = None  # a sliding-window model is served up to it (``full_attention``)
+
+
+class PooledEncoder(ServedModule):
     """An encoder (BertModel, ...) + attention-masked pooling (+ L2 norm): a sentence-transformers
     pipeline as one graph."""
 
@@ -105,7 +113,7 @@ class PooledEncoder(nn.Module):
         return nn.functional.normalize(pooled, p=2.0, dim=1) if self.normalize else pooled
 
 
-class SequenceLogits(nn.Module):
+class SequenceLogits(ServedModule):
     """A ForSequenceClassification model with the classifier's logits as its only output."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -117,7 +125,7 @@ class SequenceLogits(nn.Module):
         return logits
 
 
-class CausalLMStep(nn.Module):
+class CausalLMStep(ServedModule):
     """One cached forward of a causal LM over the in-place cache contract (handlers/kv_contract.py).
 
     ``forward(input_ids, position_ids, attention_mask, past_key_0 .. past_key_{L-1}, past_value_0 ..)``
@@ -227,7 +235,7 @@ def quiet_transformers() -> Iterator[Any]:
                 hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def load_module(folder: Path, task: str) -> nn.Module:
+def load_module(folder: Path, task: str) -> ServedModule:
     """The folder's model with transformers (local files only, fp32, eval) wrapped for ``task``.
 
     Raises FolderError when the weights do not cover the model (transformers would silently start
@@ -239,8 +247,11 @@ def load_module(folder: Path, task: str) -> nn.Module:
             "classification": transformers.AutoModelForSequenceClassification,
             "text-generation": transformers.AutoModelForCausalLM,
         }.get(task, transformers.AutoModel)
+        path = folder / pooling.transformer_path
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        window = full_attention(config)
         model, info = auto.from_pretrained(
-            folder / pooling.transformer_path, local_files_only=True, dtype=torch.float32,
+            path, config=config, local_files_only=True, dtype=torch.float32,
             output_loading_info=True,
         )  # fmt: skip
     missing = sorted(info.get("missing_keys") or [])
@@ -251,9 +262,31 @@ def load_module(folder: Path, task: str) -> nn.Module:
             "the trained model with save_pretrained, or pick the --task its weights were trained for"
         )
     model = model.eval()
+    wrapped: ServedModule
     if task == "classification":
-        return SequenceLogits(model).eval()
-    if task == "text-generation":
+        wrapped = SequenceLogits(model)
+    elif task == "text-generation":
         with _LOADING:
-            return CausalLMStep(model).eval()
-    return PooledEncoder(model, pooling).eval()
+            wrapped = CausalLMStep(model)
+    else:
+        wrapped = PooledEncoder(model, pooling)
+    wrapped.attention_window = window
+    return wrapped.eval()
+
+
+def full_attention(config: Any) -> int | None:
+    """Give a sliding-window model full attention; its window, or None when it has none.
+
+    Sequences are then served up to the window (``hf_folder.max_length``), where the two attend to
+    the same positions. Kept sliding, transformers' window mask counts cache columns, not positions,
+    so over our padded cache buffers it masked the wrong columns (a Mistral went its own way from
+    the second generated token).
+    """
+    window = attention_window(config)
+    if window is None:
+        return None
+    if isinstance(getattr(config, "layer_types", None), list | tuple):  # Gemma 2/3, Qwen2: per layer
+        config.layer_types = ["full_attention"] * len(config.layer_types)
+    else:  # Mistral: one window for every layer
+        config.sliding_window = None
+    return window

@@ -104,6 +104,10 @@ class GenerationDefaults(_Strict):
     temperature: float = 0.8
     top_k: int | None = None
     top_p: float = 1.0
+    # OpenAI's penalties where a request sends none (service/sampling.py): a small LM's own default
+    # keeps its greedy output off a loop of one token
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     eos_id: int | None = None
     # KV-cache geometry for the explicit-cache graphs: past_key/past_value are
     # (n_layer, B, n_head, P, head_dim).

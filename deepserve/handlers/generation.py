@@ -268,8 +268,8 @@ class TextGenerationHandler(Handler):
         temperature = np.array([float(params.get("temperature", d.temperature))])
         top_k = np.array([int(params.get("top_k") or d.top_k or 0)])
         top_p = np.array([float(params.get("top_p", d.top_p))])
-        frequency = float(params.get("frequency_penalty", 0.0))
-        presence = float(params.get("presence_penalty", 0.0))
+        frequency = float(params.get("frequency_penalty", d.frequency_penalty))
+        presence = float(params.get("presence_penalty", d.presence_penalty))
         seed = params.get("seed")
         rng = np.random.default_rng(None if seed is None else [int(seed), 0])  # as the engine's choice 0
         cache = self.open_cache(1)

@@ -44,6 +44,7 @@ from deepserve.service.errors import (
     as_deepserve_error,
 )
 from deepserve.service.v2_codec import InferRequest, InferResult
+from deepserve.store import GenerationDefaults
 
 if TYPE_CHECKING:
     from deepserve.service.batching import DynamicBatcher
@@ -209,6 +210,12 @@ class Call:
         handler = self.entry.handler
         assert handler is not None  # a ready entry has one
         return handler
+
+    @property
+    def generation_defaults(self) -> GenerationDefaults | None:
+        """The model's own sampling defaults (model.json ``generation``); None for user code without them."""
+        defaults = getattr(self.handler, "defaults", None)
+        return defaults if isinstance(defaults, GenerationDefaults) else None
 
     @property
     def _batcher(self) -> DynamicBatcher:

@@ -154,14 +154,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
 async def _generate(call: Call, decoded: InferRequest) -> AsyncIterator[pb.ModelStreamInferResponse]:
     from deepserve.service.engine import SamplingParams
+    from deepserve.service.sampling import penalties
 
     texts = decoded.tensors.get("text_input")
     if texts is None or texts.size != 1:
         raise InvalidRequestError("send exactly one prompt in the BYTES input 'text_input'")
     raw = texts.reshape(-1)[0]
     prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    sent = decoded.parameters
+    frequency, presence = penalties(call.generation_defaults, sent.get("frequency_penalty"),
+                                    sent.get("presence_penalty"))  # fmt: skip
     params = SamplingParams(
-        **{k: cast(decoded.parameters[k]) for k, cast in _SAMPLING_KEYS.items() if k in decoded.parameters}
+        **{k: cast(sent[k]) for k, cast in _SAMPLING_KEYS.items() if k in sent},
+        frequency_penalty=frequency, presence_penalty=presence,
     )
     async for chunk in call.generate(await call.tokenize(prompt), params):
         final = chunk.finish_reason is not None

@@ -125,14 +125,15 @@ def _encode_vector(vector: np.ndarray, encoding: str) -> Any:
 
 
 # -- text generation -------------------------------------------------------------------------
-def _sampling(body: Any, max_tokens: int | None, logprobs: int | None) -> Any:
-    from deepserve.service.sampling import SamplingParams
+def _sampling(call: Call, body: Any, max_tokens: int | None, logprobs: int | None) -> Any:
+    from deepserve.service.sampling import SamplingParams, penalties
 
+    frequency, presence = penalties(call.generation_defaults, body.frequency_penalty, body.presence_penalty)
     return SamplingParams(
         max_tokens=16 if max_tokens is None else max_tokens, temperature=body.temperature, top_k=body.top_k,
         top_p=body.top_p,
         stop=body.stop_strings(), seed=body.seed, n=body.n,
-        frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=frequency, presence_penalty=presence,
         logit_bias=_logit_bias(body.logit_bias), logprobs=logprobs,
         refuse_past_context=max_tokens is not None,  # an unset max_tokens is cut at the context, not refused
     )  # fmt: skip
@@ -172,7 +173,7 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
         raise InvalidRequestError("'best_of' > 1 is not supported; leave it unset (n gives several choices)")
     with plane_of(request).call(body.model, None, "openai") as call:
         prompts = _prompts(call, body)
-        params = _sampling(body, body.max_tokens, body.logprobs)
+        params = _sampling(call, body, body.max_tokens, body.logprobs)
         shape = None if body.logprobs is None else "completion"
         run = await _start(call, prompts, params, "cmpl", shape, echo=body.echo)
         if body.stream:
@@ -198,7 +199,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
         version_dir = getattr(call.handler, "version_dir", None)
         prompt = format_chat(messages, version_dir if isinstance(version_dir, Path) else None)
         top = (body.top_logprobs or 0) if body.logprobs else None
-        params = _sampling(body, body.max_completion_tokens or body.max_tokens, top)
+        params = _sampling(call, body, body.max_completion_tokens or body.max_tokens, top)
         run = await _start(call, [prompt], params, "chatcmpl", None if top is None else "chat")
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)

@@ -93,13 +93,20 @@ async def predictions(request: Request, model: str, version: str | None = None) 
 
 async def _stream(call: Call, body: Any, params: dict[str, Any]) -> AsyncIterator[bytes]:
     from deepserve.service.engine import SamplingParams
+    from deepserve.service.sampling import penalties
 
     prompt, options = _prompt_and_options(body, params)
+    options["frequency_penalty"], options["presence_penalty"] = penalties(
+        call.generation_defaults, options.get("frequency_penalty"), options.get("presence_penalty")
+    )
     async for chunk in call.generate(await call.tokenize(prompt), SamplingParams(**options)):
         yield chunk.text.encode()  # may be b"" (a held-back partial character); harmless
 
 
-_SAMPLING_KEYS = {"max_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int}
+_SAMPLING_KEYS = {
+    "max_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int,
+    "frequency_penalty": float, "presence_penalty": float,
+}  # fmt: skip
 
 
 def _prompt_and_options(body: Any, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:

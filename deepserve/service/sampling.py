@@ -21,6 +21,7 @@ import numpy as np
 
 from deepserve.handlers.generation import penalise, sample
 from deepserve.service.errors import InvalidRequestError
+from deepserve.store import GenerationDefaults
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's chat limit (completions allow 5)
 
@@ -77,6 +78,18 @@ class SamplingParams:
     @property
     def adjusts_logits(self) -> bool:
         return bool(self.logit_bias) or self.frequency_penalty != 0 or self.presence_penalty != 0
+
+
+def penalties(
+    defaults: GenerationDefaults | None, frequency: float | None, presence: float | None
+) -> tuple[float, float]:
+    """(frequency, presence): the request's penalties, the model's own (model.json ``generation``)
+    where it sent none."""
+    model = defaults or GenerationDefaults()
+    return (
+        model.frequency_penalty if frequency is None else float(frequency),
+        model.presence_penalty if presence is None else float(presence),
+    )
 
 
 @dataclass(frozen=True)

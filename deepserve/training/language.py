@@ -93,12 +93,18 @@ def sample(
     return codec.decode(out) if codec is not None else bytes(out).decode("utf-8", errors="replace")
 
 
+# The served default where a request sends none: at temperature 0 the store's quick GPT answers
+# "The for statement" with 40 newlines without it; with 0.3, with varied words and punctuation.
+GREEDY_FREQUENCY_PENALTY = 0.3
+
+
 def generation_defaults(config: dict[str, int], eos_id: int | None = None) -> dict[str, int | float | None]:
     return {
         "context_length": config["context_length"],
         "max_tokens": 64,
         "temperature": 0.8,
         "top_k": 40,
+        "frequency_penalty": GREEDY_FREQUENCY_PENALTY,
         "eos_id": eos_id,
         "n_layer": config["n_layer"],
         "n_head": config["n_head"],

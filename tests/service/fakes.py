@@ -120,6 +120,7 @@ class FakeEngine:
         self.gate = asyncio.Event()
         self.gate.set()
         self.chunks = 0  # yielded so far, all streams
+        self.params: list[Any] = []  # each request's SamplingParams, as the transport built them
 
     async def start(self) -> None:
         self.started = True
@@ -134,6 +135,7 @@ class FakeEngine:
         from deepserve.service.engine import GenerationChunk
         from deepserve.service.errors import InvalidRequestError, QueueFullError, ShuttingDownError
 
+        self.params.append(params)
         if not isinstance(prompt, str):
             prompt = bytes(prompt).decode()
         if prompt == "overload":

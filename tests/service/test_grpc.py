@@ -97,6 +97,32 @@ async def test_stream_generation_one_response_per_chunk(grpc_env: Any) -> None:
     assert errors and "nope" in errors[0]
 
 
+async def test_stream_generation_takes_the_penalties_it_is_sent(tmp_path: Path) -> None:
+    """Sampling parameters ride in the request's parameters; the penalties were once dropped here."""
+    prompt = triton_grpc.InferInput("text_input", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"abc"], dtype=object))
+    sent = {"max_tokens": 8, "temperature": 0.0, "frequency_penalty": 0.5, "presence_penalty": 0.25}
+
+    async def requests() -> AsyncIterator[dict[str, Any]]:
+        yield {"model_name": "gen", "inputs": [prompt], "parameters": sent}
+        yield {"model_name": "gen", "inputs": [prompt], "parameters": {"max_tokens": 8}}
+
+    async with serving(tmp_path) as env:
+        client = triton_aio.InferenceServerClient(env.target)
+        try:
+            finals = 0
+            async for result, error in client.stream_infer(requests()):
+                assert error is None, error
+                finals += result.get_response().parameters["triton_final_response"].bool_param
+                if finals == 2:
+                    break
+        finally:
+            await client.close()
+        taken, unset = env.registry.get("gen").engine.params
+    assert (taken.frequency_penalty, taken.presence_penalty, taken.temperature) == (0.5, 0.25, 0.0)
+    assert (unset.frequency_penalty, unset.presence_penalty) == (0.0, 0.0)  # the model's defaults
+
+
 async def test_methods_deepserve_does_not_offer_answer_unimplemented(grpc_env: Any) -> None:
     client, _ = grpc_env
     with pytest.raises(triton_grpc.InferenceServerException) as shm:  # perf_analyzer --shared-memory

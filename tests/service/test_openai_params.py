@@ -29,6 +29,7 @@ from deepserve.service.metrics import Metrics
 from deepserve.service.registry import Registry
 from deepserve.service.sampling import SamplingParams, log_softmax, next_tokens
 from deepserve.service.settings import Settings
+from deepserve.store import ModelSpec
 from tests.service.fakes import asgi_client
 from tests.service.test_engine import CTX, HEAD_DIM, HEADS, LAYERS, gpt_spec
 
@@ -81,11 +82,11 @@ def gpt_runtime(model: Any) -> TorchRuntime:
 
 
 async def serve(
-    tmp_path: Path, runtime: Runtime, version_dir: Path | None = None
+    tmp_path: Path, runtime: Runtime, version_dir: Path | None = None, spec: ModelSpec | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(model_store=tmp_path / "store", request_timeout_s=10.0)  # type: ignore[call-arg]
     registry = Registry(settings, Metrics(CollectorRegistry()))
-    await registry.add_handler(TextGenerationHandler.with_runtime(gpt_spec(), runtime, version_dir))
+    await registry.add_handler(TextGenerationHandler.with_runtime(spec or gpt_spec(), runtime, version_dir))
     plane = DataPlane(settings, registry)
     async with asgi_client(plane) as (client, _):
         yield client
@@ -171,6 +172,31 @@ async def test_penalties_follow_openais_formula(
     np.testing.assert_allclose(
         choice["logprobs"]["token_logprobs"], logprobs, atol=1e-5
     )  # after the penalties
+
+
+async def test_the_models_default_penalty_applies_where_a_request_sends_none(tmp_path: Path) -> None:
+    """model.json ``generation.frequency_penalty`` (the store's GPT sets one so that greedy output
+    does not loop on one token) stands in for an unset penalty on every route; a sent one wins."""
+    base = gpt_spec()
+    assert base.generation is not None
+    generation = base.generation.model_copy(update={"frequency_penalty": 1.0})
+    spec = base.model_copy(update={"generation": generation})
+    penalised, _ = penalised_greedy(abc_logits(), 10, 1.0, 0.0)
+    body = {"model": MODEL, "prompt": "xy", "max_tokens": 10, "temperature": 0}
+    async for client in serve(tmp_path, FixedRuntime(abc_logits()), spec=spec):
+        unset = (await client.post("/v1/completions", json=body)).json()["choices"][0]["text"]
+        sent = (await client.post("/v1/completions", json={**body, "frequency_penalty": 0})).json()
+        torchserve = await client.post(
+            f"/predictions/{MODEL}", json={k: v for k, v in body.items() if k != "model"}
+        )
+    assert unset == penalised != "a" * 10
+    assert sent["choices"][0]["text"] == "a" * 10  # the request's own 0 wins over the model's default
+    assert torchserve.text == penalised
+    handler = TextGenerationHandler.with_runtime(spec, FixedRuntime(abc_logits()))  # the v2 path
+    assert (
+        "".join(map(chr, handler.generate_ids([ord("x"), ord("y")], {"max_tokens": 10, "temperature": 0})))
+        == penalised
+    )
 
 
 async def test_logit_bias_moves_the_choice(fixed: tuple[httpx.AsyncClient, FixedRuntime]) -> None:

@@ -90,7 +90,7 @@ def _run(name: str, tmp_path: Path, **overrides: object) -> dict[str, object]:
 
 @pytest.mark.parametrize(
     ("regime", "epochs", "lr"), [("frozen", 40, 1e-2), ("finetune", 8, 3e-3), ("gradual", 8, 3e-3),
-                                 ("scratch", 8, 3e-3)]
+                                 ("scratch", 16, 3e-3)]
 )  # fmt: skip
 def test_each_text_regime_beats_chance_on_the_topics(
     regime: str,

@@ -3,6 +3,13 @@
 The app owns no models: the process entry point builds the data plane, starts it, hands it here
 and to the gRPC servicer, and drains it on SIGTERM. The app only translates HTTP to data-plane
 calls and typed errors to each protocol's error body. Nothing is built at import time.
+
+Our three middlewares wrap the FastAPI application instead of joining its middleware stack: the
+error boundary, then the guard, then the infer fast path, then FastAPI. So an infer request never
+enters FastAPI's own layers (Starlette's ServerErrorMiddleware, FastAPI's body limit and exception
+middleware, the router), which it does not need: the guard applies the body limit and the fast
+path answers its own errors. Every other request goes through all of them, and a boundary inside
+FastAPI's stack answers a route's exception before Starlette's ServerErrorMiddleware would.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from deepserve.service import routes_openai, routes_torchserve, routes_v2
 from deepserve.service.dataplane import DataPlane
@@ -25,7 +33,7 @@ from deepserve.service.metadata import SERVER_VERSION
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def create_app(plane: DataPlane) -> FastAPI:
+def create_app(plane: DataPlane) -> ASGIApp:
     app = FastAPI(title="deepserve", version=SERVER_VERSION, docs_url=None, redoc_url=None,
                   **no_fastapi_telemetry())
     app.state.plane = plane
@@ -39,10 +47,8 @@ def create_app(plane: DataPlane) -> FastAPI:
         return Response(plane.metrics.render(), media_type=PROMETHEUS_TEXT)
 
     _describe_infer(app)
-    app.add_middleware(FastInferMiddleware, plane=plane)  # inner: runs after the guard
-    app.add_middleware(GuardMiddleware, plane=plane)
-    app.add_middleware(ErrorBoundaryMiddleware)  # outermost of ours: catches what the others raise
-    return app
+    app.add_middleware(ErrorBoundaryMiddleware)  # a route's exception: ours to answer, not Starlette's
+    return ErrorBoundaryMiddleware(GuardMiddleware(FastInferMiddleware(app, plane), plane))
 
 
 

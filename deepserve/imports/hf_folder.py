@@ -127,16 +127,18 @@ def attention_window(config: Any) -> int | None:
     """How many positions a sliding-window layer attends to (Mistral, Gemma 2/3, Qwen2 with
     ``use_sliding_window``), or None when every layer sees the whole context.
 
-    Served sequences stop at the window, where sliding and full attention are the same, and the model
-    is served with full attention (``hf_modules.full_attention``): a shorter context, never a wrong one.
+    A causal LM's served sequences stop at the window, where sliding and full attention are the same,
+    and its window is widened past them (``hf_modules.full_attention``): a shorter context, never a
+    wrong one. A multimodal config's window is its text model's.
     """
-    window = getattr(config, "sliding_window", None)
+    text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
+    window = getattr(text, "sliding_window", None)
     if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
         return None
-    layer_types = getattr(config, "layer_types", None)
+    layer_types = getattr(text, "layer_types", None)
     if isinstance(layer_types, list | tuple):  # per layer, in recent transformers configs
         return window if "sliding_attention" in layer_types else None
-    return None if getattr(config, "use_sliding_window", True) is False else window
+    return None if getattr(text, "use_sliding_window", True) is False else window
 
 
 def eos_id(folder: Path, config: Any) -> int | None:

@@ -29,7 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepserve.imports.hf_folder import attention_window
+from deepserve.imports.hf_folder import MAX_LENGTH_CAP, attention_window
+
+# past every (cache column - position) a served sequence can have: padded buffers of up to the cap,
+# and as many new columns again
+UNCUT_WINDOW = 4 * MAX_LENGTH_CAP
 
 POOLING_MODES = {
     "pooling_mode_mean_tokens": "mean",
@@ -249,7 +253,7 @@ def load_module(folder: Path, task: str) -> ServedModule:
         }.get(task, transformers.AutoModel)
         path = folder / pooling.transformer_path
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-        window = full_attention(config)
+        window = full_attention(config) if task == "text-generation" else None  # encoders have no cache
         model, info = auto.from_pretrained(
             path, config=config, local_files_only=True, dtype=torch.float32,
             output_loading_info=True,
@@ -275,18 +279,17 @@ def load_module(folder: Path, task: str) -> ServedModule:
 
 
 def full_attention(config: Any) -> int | None:
-    """Give a sliding-window model full attention; its window, or None when it has none.
+    """Widen a causal LM's sliding window past every cache column it can be served with; its window,
+    or None when it has none.
 
     Sequences are then served up to the window (``hf_folder.max_length``), where the two attend to
-    the same positions. Kept sliding, transformers' window mask counts cache columns, not positions,
+    the same positions. Kept as it was, transformers' window mask counts cache columns, not positions,
     so over our padded cache buffers it masked the wrong columns (a Mistral went its own way from
-    the second generated token).
+    the second generated token). The layer types stay: Gemma 3 picks its RoPE base by layer type.
     """
     window = attention_window(config)
     if window is None:
         return None
-    if isinstance(getattr(config, "layer_types", None), list | tuple):  # Gemma 2/3, Qwen2: per layer
-        config.layer_types = ["full_attention"] * len(config.layer_types)
-    else:  # Mistral: one window for every layer
-        config.sliding_window = None
+    text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
+    text.sliding_window = UNCUT_WINDOW
     return window

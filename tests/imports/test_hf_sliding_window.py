@@ -1,15 +1,19 @@
-"""A sliding-window Hugging Face LM (Mistral) is served up to its window, where it is the model.
+"""A sliding-window Hugging Face LM (Mistral; Gemma 3 with a sliding and a full layer) is served up to
+its window, where it is the model; an encoder's local attention is left alone.
 
 Before, the window reached the exported step and transformers' window mask, counting cache columns
 rather than positions, hid the wrong columns of our padded cache: a Mistral with a 24-token window
-left transformers' own greedy output at the second generated token, well inside the window.
+left transformers' own greedy output at the second generated token, well inside the window. Gemma 3
+checks that the fix keeps each layer's type, which picks that layer's RoPE base.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,54 +26,68 @@ from tests.imports import hf_folders
 
 WINDOW = 12  # shorter than the position table (64), so the window sets the served context
 PROMPT = "hello world, the"
+FAMILIES = ("mistral", "gemma3")
+CASES = [(family, runtime) for family in FAMILIES for runtime in ("onnx", "torch")]
 
 
-def mistral(folder: Path, tokenizer_from: Path) -> Path:
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+def sliding_lm(family: str, folder: Path, tokenizer_from: Path) -> Path:
+    """A tiny causal LM of ``family`` with a WINDOW-token sliding window, ``tokenizer_from``'s tokenizer."""
+    import transformers
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_from, local_files_only=True)
-    config = MistralConfig(
+    tok = transformers.AutoTokenizer.from_pretrained(tokenizer_from, local_files_only=True)
+    shape: dict[str, Any] = dict(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=64, sliding_window=WINDOW,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, initializer_range=0.3,
-        tie_word_embeddings=False,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+        initializer_range=0.3, tie_word_embeddings=False,
     )  # fmt: skip
+    if family == "mistral":  # one window for every layer
+        model: Any = transformers.MistralForCausalLM(transformers.MistralConfig(**shape))
+    else:  # a sliding layer and a full one, each with its own RoPE base
+        layers = ["sliding_attention", "full_attention"]
+        config = transformers.Gemma3TextConfig(**shape, head_dim=8, layer_types=layers)
+        model = transformers.Gemma3ForCausalLM(config)
     torch.manual_seed(0)
-    MistralForCausalLM(config).eval().save_pretrained(folder)
+    model.eval().save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf-window")
-    return mistral(root / "mistral", hf_folders.gpt2_lm(root / "gpt2"))
+    gpt2 = hf_folders.gpt2_lm(root / "gpt2")
+    return {family: sliding_lm(family, root / family, gpt2) for family in FAMILIES}
 
 
 @pytest.fixture(scope="module")
-def versions(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def versions(
+    folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[tuple[str, str], Path]:
     store = tmp_path_factory.mktemp("hf-window-store")
     return {
-        runtime: import_source(
-            folder, ImportOptions(store=store, name=f"mistral-{runtime}", runtime=runtime)
+        (family, runtime): import_source(
+            folders[family], ImportOptions(store=store, name=f"{family}-{runtime}", runtime=runtime)
         )[0]
-        for runtime in ("onnx", "torch")
+        for family, runtime in CASES
     }
 
 
-def _reference(folder: Path, prompt: list[int], count: int) -> list[int]:
-    """transformers' Mistral, sliding window and all, greedy by full forwards (no cache to get wrong)."""
+def _reference(folder: Path, prompt: list[int], count: int) -> tuple[list[int], np.ndarray]:
+    """transformers' own model, sliding window and all: greedy by full forwards (no cache to get
+    wrong), and the prompt's logits (T, V)."""
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
     assert lm.config.sliding_window == WINDOW
     sequence, out = list(prompt), []
     with torch.no_grad():
+        logits = lm(torch.tensor([prompt])).logits[0].numpy()
         for _ in range(count):
             token = int(lm(torch.tensor([sequence])).logits[0, -1].argmax())
             out.append(token)
             sequence.append(token)
-    return out
+    return out, logits
 
 
 def _handler(version: Path) -> TextGenerationHandler:
@@ -78,36 +96,58 @@ def _handler(version: Path) -> TextGenerationHandler:
     return handler
 
 
-@pytest.mark.parametrize("runtime", ["onnx", "torch"])
-def test_served_context_is_the_window(versions: dict[str, Path], runtime: str) -> None:
-    spec = ModelSpec.read(versions[runtime])
+@pytest.mark.parametrize(("family", "runtime"), CASES)
+def test_served_context_is_the_window(
+    versions: dict[tuple[str, str], Path], family: str, runtime: str
+) -> None:
+    spec = ModelSpec.read(versions[family, runtime])
     assert spec.generation is not None and spec.generation.context_length == WINDOW
     assert spec.preprocessing is not None and spec.preprocessing.max_length == WINDOW
 
 
-@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+@pytest.mark.parametrize(("family", "runtime"), CASES)
 def test_greedy_output_is_transformers_up_to_the_window(
-    versions: dict[str, Path], folder: Path, runtime: str
+    versions: dict[tuple[str, str], Path], folders: dict[str, Path], family: str, runtime: str
 ) -> None:
-    handler = _handler(versions[runtime])
+    handler = _handler(versions[family, runtime])
     prompt = handler.encode(PROMPT)
     ours = handler.generate_ids(prompt, {"max_tokens": 64, "temperature": 0})
     assert len(prompt) + len(ours) == WINDOW + 1  # generation ran to the end of the window, not short of it
-    assert ours == _reference(folder, prompt, len(ours))
+    tokens, logits = _reference(folders[family], prompt, len(ours))
+    assert ours == tokens
+    # the logits too: a changed RoPE base (Gemma 3's layers relabelled) can leave the argmax alone
+    np.testing.assert_allclose(handler.prompt_logits(prompt), logits, atol=1e-4)
 
 
-def test_a_prompt_past_the_window_is_refused_in_one_line(versions: dict[str, Path]) -> None:
-    handler = _handler(versions["onnx"])
+def test_a_prompt_past_the_window_is_refused_in_one_line(versions: dict[tuple[str, str], Path]) -> None:
+    handler = _handler(versions["mistral", "onnx"])
     with pytest.raises(InvalidInputError, match=rf"context window is {WINDOW} tokens; shorten the prompt"):
         handler.check_prompt(list(range(WINDOW + 1)))
 
 
 def test_the_import_says_why_the_context_is_short(
-    folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    folders: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="deepserve.imports.hf"):
-        import_source(folder, ImportOptions(store=tmp_path, name="m", runtime="torch"))
+        import_source(folders["mistral"], ImportOptions(store=tmp_path, name="m", runtime="torch"))
     assert f"sliding window of {WINDOW} positions: it is served up to {WINDOW} tokens" in caplog.text
+
+
+def test_an_encoders_local_attention_keeps_its_length(tmp_path: Path) -> None:
+    """ModernBERT's local attention is a sliding window too, but an encoder has no cache to get
+    wrong: it keeps its whole context and its window."""
+    from transformers import ModernBertConfig, ModernBertModel
+
+    from deepserve.imports.hf_modules import load_module
+
+    config = ModernBertConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                              cls_token_id=1, sep_token_id=2)  # fmt: skip
+    assert attention_window(config) is not None
+    ModernBertModel(config).save_pretrained(tmp_path)
+    module = load_module(tmp_path, "embedding")
+    assert module.attention_window is None
+    assert module.encoder.config.sliding_window == config.sliding_window
 
 
 def test_attention_window_reads_each_config_family() -> None:

@@ -119,6 +119,14 @@ class GenerationDefaults(_Strict):
     image_height: int | None = None
     image_width: int | None = None
 
+    def penalties(self, frequency: Any, presence: Any) -> tuple[float, float]:
+        """(frequency, presence): what a request sent, these defaults where it sent none (None, a
+        JSON null)."""
+        return (
+            self.frequency_penalty if frequency is None else float(frequency),
+            self.presence_penalty if presence is None else float(presence),
+        )
+
 
 class HandlerRef(_Strict):
     """User code that serves this version: a file inside the version directory.

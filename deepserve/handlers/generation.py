@@ -268,9 +268,7 @@ class TextGenerationHandler(Handler):
         temperature = np.array([float(params.get("temperature", d.temperature))])
         top_k = np.array([int(params.get("top_k") or d.top_k or 0)])
         top_p = np.array([float(params.get("top_p", d.top_p))])
-        sent_frequency, sent_presence = params.get("frequency_penalty"), params.get("presence_penalty")
-        frequency = d.frequency_penalty if sent_frequency is None else float(sent_frequency)  # null: unset
-        presence = d.presence_penalty if sent_presence is None else float(sent_presence)
+        frequency, presence = d.penalties(params.get("frequency_penalty"), params.get("presence_penalty"))
         seed = params.get("seed")
         rng = np.random.default_rng(None if seed is None else [int(seed), 0])  # as the engine's choice 0
         cache = self.open_cache(1)

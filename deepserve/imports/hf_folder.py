@@ -123,6 +123,11 @@ def max_length(folder: Path, config: Any, window: int | None = None) -> int:
     return min(limits)
 
 
+def text_config(config: Any) -> Any:
+    """A multimodal config's text model config; the config itself otherwise."""
+    return config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
+
+
 def attention_window(config: Any) -> int | None:
     """How many positions a sliding-window layer attends to (Mistral, Gemma 2/3, Qwen2 with
     ``use_sliding_window``), or None when every layer sees the whole context.
@@ -131,7 +136,7 @@ def attention_window(config: Any) -> int | None:
     and its window is widened past them (``hf_modules.full_attention``): a shorter context, never a
     wrong one. A multimodal config's window is its text model's.
     """
-    text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
+    text = text_config(config)
     window = getattr(text, "sliding_window", None)
     if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
         return None

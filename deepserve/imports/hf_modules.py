@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepserve.imports.hf_folder import MAX_LENGTH_CAP, attention_window
+from deepserve.imports.hf_folder import MAX_LENGTH_CAP, attention_window, text_config
 
 # past every (cache column - position) a served sequence can have: padded buffers of up to the cap,
 # and as many new columns again
@@ -290,6 +290,5 @@ def full_attention(config: Any) -> int | None:
     window = attention_window(config)
     if window is None:
         return None
-    text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
-    text.sliding_window = UNCUT_WINDOW
+    text_config(config).sliding_window = UNCUT_WINDOW
     return window

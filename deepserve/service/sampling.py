@@ -84,12 +84,8 @@ def penalties(
     defaults: GenerationDefaults | None, frequency: float | None, presence: float | None
 ) -> tuple[float, float]:
     """(frequency, presence): the request's penalties, the model's own (model.json ``generation``)
-    where it sent none."""
-    model = defaults or GenerationDefaults()
-    return (
-        model.frequency_penalty if frequency is None else float(frequency),
-        model.presence_penalty if presence is None else float(presence),
-    )
+    where it sent none; deepserve's (0) for a model without generation defaults."""
+    return (defaults or GenerationDefaults()).penalties(frequency, presence)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -113,6 +114,26 @@ def gpt2_lm(folder: Path, *, seed: int = 0) -> Path:
     )  # fmt: skip
     torch.manual_seed(seed)
     GPT2LMHeadModel(config).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_causal_lm(
+    folder: Path, tokenizer_from: Path, model_class: Any, config_class: Any, **config: Any
+) -> Path:
+    """A tiny causal LM (2 layers, width 32, 4 query heads over 2 key/value heads, 64 positions, seed 0)
+    with ``tokenizer_from``'s tokenizer; ``config`` adds or overrides config fields."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_from, local_files_only=True)
+    fields = dict(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id, initializer_range=0.3, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)  # before the model: its initial weights are the test's model
+    model_class(config_class(**{**fields, **config})).eval().save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 

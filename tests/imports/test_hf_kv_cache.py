@@ -27,18 +27,9 @@ NEW_TOKENS = 10
 
 def llama_gqa(folder: Path, tokenizer_from: Path) -> Path:
     """A tiny LlamaForCausalLM, 4 query heads over 2 key/value heads, ``tokenizer_from``'s tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_from, local_files_only=True)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=tok.eos_token_id,
-        eos_token_id=tok.eos_token_id, initializer_range=0.3, tie_word_embeddings=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).eval().save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return hf_folders.tiny_causal_lm(folder, tokenizer_from, LlamaForCausalLM, LlamaConfig)
 
 
 @pytest.fixture(scope="module")

@@ -34,23 +34,13 @@ def sliding_lm(family: str, folder: Path, tokenizer_from: Path) -> Path:
     """A tiny causal LM of ``family`` with a WINDOW-token sliding window, ``tokenizer_from``'s tokenizer."""
     import transformers
 
-    tok = transformers.AutoTokenizer.from_pretrained(tokenizer_from, local_files_only=True)
-    shape: dict[str, Any] = dict(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, sliding_window=WINDOW,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-        initializer_range=0.3, tie_word_embeddings=False,
-    )  # fmt: skip
     if family == "mistral":  # one window for every layer
-        model: Any = transformers.MistralForCausalLM(transformers.MistralConfig(**shape))
+        classes: tuple[Any, Any] = (transformers.MistralForCausalLM, transformers.MistralConfig)
+        extra: dict[str, Any] = {}
     else:  # a sliding layer and a full one, each with its own RoPE base
-        layers = ["sliding_attention", "full_attention"]
-        config = transformers.Gemma3TextConfig(**shape, head_dim=8, layer_types=layers)
-        model = transformers.Gemma3ForCausalLM(config)
-    torch.manual_seed(0)
-    model.eval().save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+        classes = (transformers.Gemma3ForCausalLM, transformers.Gemma3TextConfig)
+        extra = {"head_dim": 8, "layer_types": ["sliding_attention", "full_attention"]}
+    return hf_folders.tiny_causal_lm(folder, tokenizer_from, *classes, sliding_window=WINDOW, **extra)
 
 
 @pytest.fixture(scope="module")
